@@ -1,0 +1,210 @@
+"""Key-only attention: weights from the keys alone (a saliency gate), mixed at linear cost.
+
+Query i attends to key j with weight a_ij ∝ exp(s_j + r(j − i)): s_j is the key's saliency logit, r a
+relative-position term that is rel_bias[δ] for key-minus-query offsets δ inside a k×k window and one
+scalar r_inf outside it. Because exp(s_j + r) = exp(s_j)·exp(r), no N×N matrix is ever needed:
+
+    Σ_j e^{r(j−i)} u_j = conv_δ((e^b − e^{r_inf}), u)_i + e^{r_inf}·Σ_all u_j          (u = e^s·v, or e^s)
+
+a depthwise convolution plus a global sum: O(N·C·k²) time, O(N·C) memory. Everything is computed in
+fp32 (autocast off) after subtracting the per-head maxima of s and of r, and cast back at the end.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["key_only_attention", "key_only_attention_axial", "key_only_attention_reference", "positional_mix"]
+
+
+def _shape_error(what: str, expected: str, got) -> ValueError:
+    return ValueError(f"key_only_attention: {what} must be {expected}, got {got}")
+
+
+def _check_inputs(v: Tensor, s: Tensor, r_inf: Tensor | None, mask: Tensor | None) -> None:
+    if v.dim() != 5:
+        raise _shape_error("v", "(B, heads, head_dim, H, W)", tuple(v.shape))
+    b, h, _, hh, ww = v.shape
+    if not v.is_floating_point():
+        raise _shape_error("v", "a floating-point tensor", v.dtype)
+    if tuple(s.shape) != (b, h, hh, ww):
+        raise _shape_error("s", f"(B, heads, H, W) = {(b, h, hh, ww)} to match v", tuple(s.shape))
+    if r_inf is not None and tuple(r_inf.shape) != (h,):
+        raise _shape_error("r_inf", f"(heads,) = {(h,)}", tuple(r_inf.shape))
+    if mask is not None:
+        if tuple(mask.shape) != (b, hh, ww):
+            raise _shape_error("mask", f"(B, H, W) = {(b, hh, ww)}", tuple(mask.shape))
+        if mask.dtype != torch.bool:
+            raise _shape_error("mask", "a bool tensor (True = real token)", mask.dtype)
+
+
+def _check_window(bias: Tensor, heads: int, axis: str = "rel_bias") -> int:
+    """Return the window size k of a (heads, k[, k]) bias; k must be odd so the window is centred."""
+    k = bias.shape[-1]
+    square = axis == "rel_bias"
+    want = (heads, k, k) if square else (heads, k)
+    if tuple(bias.shape) != want or k % 2 == 0:
+        shape = "(heads, k, k)" if square else "(heads, k)"
+        raise _shape_error(axis, f"{shape} with heads={heads} and k odd", tuple(bias.shape))
+    return k
+
+
+def _static_branches() -> bool:
+    """Size-dependent shortcuts are exact but would be frozen into a traced/exported graph: skip them there."""
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def _crop(kernel: Tensor, size: int, dim: int) -> Tensor:
+    """Taps beyond ±(size−1) never meet a token: crop them so tiny maps don't pay for a large window."""
+    k = kernel.shape[dim]
+    keep = min(k, 2 * size - 1)
+    return kernel.narrow(dim, (k - keep) // 2, keep) if keep < k and _static_branches() else kernel
+
+
+def _depthwise(x: Tensor, kernel: Tensor) -> Tensor:
+    """Per-head depthwise correlation: x (B, h, c, H, W), kernel (h, kh, kw) -> (B, h, c, H, W), zero padding."""
+    b, h, c, hh, ww = x.shape
+    kh, kw = kernel.shape[-2:]
+    weight = kernel[:, None, None].expand(h, c, 1, kh, kw).reshape(h * c, 1, kh, kw)  # weights only, tiny
+    out = F.conv2d(x.reshape(b, h * c, hh, ww), weight, padding=(kh // 2, kw // 2), groups=h * c)
+    return out.view(b, h, c, hh, ww)
+
+
+def positional_mix(x: Tensor, glob: Tensor | None, kernel: Tensor | None = None,
+                   axial: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """Σ_j e^{r(j−i)} x_j for every query i, with e^r given already exponentiated (and max-shifted).
+
+    x: (B, h, c, H, W) fp32; glob: (h,) = e^{r_inf} or None (no global term);
+    kernel: (h, k, k) = e^{b} for a square window, or axial = ((h, ky), (h, kx)) with e^{b} = outer product;
+    neither = global only.
+    """
+    hh, ww = x.shape[-2:]
+    if axial is not None:
+        ky, kx = _crop(axial[0], hh, 1), _crop(axial[1], ww, 1)
+        window = _depthwise(_depthwise(x, ky[:, :, None]), kx[:, None, :])   # two 1-D passes: cost 2k, not k²
+        if glob is not None:
+            ones_y, ones_x = torch.ones_like(ky), torch.ones_like(kx)
+            box = _depthwise(_depthwise(x, ones_y[:, :, None]), ones_x[:, None, :])
+            window = window - glob.view(1, -1, 1, 1, 1) * box                  # keys outside the window only
+    elif kernel is not None:
+        kernel = _crop(_crop(kernel, hh, 1), ww, 2)
+        window = _depthwise(x, kernel if glob is None else kernel - glob.view(-1, 1, 1))  # (B, h, c, H, W)
+    else:
+        window = None
+    if glob is None:
+        return window
+    total = glob.view(1, -1, 1, 1, 1) * x.sum(dim=(-2, -1), keepdim=True)  # (B, h, c, 1, 1)
+    return total.expand_as(x) if window is None else window + total
+
+
+def _attend(v: Tensor, s: Tensor, mask: Tensor | None, mix, gate: str) -> Tensor:
+    """Normalised key-only attention given `mix` = positional_mix with the window bound in."""
+    out_dtype = v.dtype
+    with torch.autocast(device_type=v.device.type, enabled=False):
+        acc = torch.promote_types(v.dtype, torch.float32)   # fp32 accumulation; float64 stays float64
+        v, s = v.to(acc), s.to(acc)
+        if gate == "softmax":
+            logits = s if mask is None else s.masked_fill(~mask[:, None], float("-inf"))
+            peak = logits.detach().amax(dim=(-2, -1), keepdim=True)                  # (B, h, 1, 1)
+            peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))  # all masked: weights 0
+            w = torch.exp(logits - peak)                                           # (B, h, H, W) in [0, 1]
+            den_in = w
+        elif gate == "sigmoid":
+            w = torch.sigmoid(s)
+            real = torch.ones_like(s) if mask is None else mask[:, None].to(s.dtype).expand_as(s)
+            w = w * real
+            den_in = real                                                          # positional normaliser
+        else:
+            raise ValueError(f"key_only_attention: gate must be 'softmax' or 'sigmoid', got {gate!r}")
+        num = mix(w[:, :, None] * v)                                                # (B, h, d, H, W)
+        den = mix(den_in[:, :, None])                                               # (B, h, 1, H, W)
+        out = num / torch.where(den > 0, den, torch.ones_like(den))                 # no real token -> 0
+    return out.to(out_dtype)
+
+
+def _global_scale(bias_max: Tensor, r_inf: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Per-head shift M = max(max bias, r_inf) and e^{r_inf − M} (None without a global term)."""
+    if r_inf is None:
+        return bias_max, None
+    peak = torch.maximum(bias_max, r_inf.detach().to(bias_max.dtype))
+    return peak, torch.exp(r_inf.to(bias_max.dtype) - peak)
+
+
+def key_only_attention(v: Tensor, s: Tensor, rel_bias: Tensor, r_inf: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Key-only attention with a square k×k relative-position window (k odd, k may be 1).
+
+    v: (B, h, d, H, W) values; s: (B, h, H, W) saliency logits; rel_bias: (h, k, k) with
+    rel_bias[:, Δy + k//2, Δx + k//2] the bias of key-minus-query offset (Δy, Δx); r_inf: (h,) bias of
+    every key outside the window; mask: optional (B, H, W) bool, True = real token.
+    Returns (B, h, d, H, W): out_i = Σ_j a_ij v_j, a_ij ∝ exp(s_j + r(j − i)) over real tokens j.
+    """
+    _check_inputs(v, s, r_inf, mask)
+    _check_window(rel_bias, v.shape[1])
+    return key_only_attention_general(v, s, r_inf, rel_bias=rel_bias, mask=mask)
+
+
+def key_only_attention_axial(v: Tensor, s: Tensor, bias_y: Tensor, bias_x: Tensor, r_inf: Tensor,
+                             mask: Tensor | None = None) -> Tensor:
+    """Same as key_only_attention with rel_bias[:, a, b] = bias_y[:, a] + bias_x[:, b] (separable window,
+    cost 2k per token instead of k²). bias_y, bias_x: (h, k), k odd."""
+    _check_inputs(v, s, r_inf, mask)
+    if _check_window(bias_y, v.shape[1], "bias_y") != _check_window(bias_x, v.shape[1], "bias_x"):
+        raise _shape_error("bias_x", f"the same window size as bias_y {tuple(bias_y.shape)}", tuple(bias_x.shape))
+    return key_only_attention_general(v, s, r_inf, axial_bias=(bias_y, bias_x), mask=mask)
+
+
+def key_only_attention_general(v: Tensor, s: Tensor, r_inf: Tensor | None, *, rel_bias: Tensor | None = None,
+                               axial_bias: tuple[Tensor, Tensor] | None = None, gate: str = "softmax",
+                               mask: Tensor | None = None) -> Tensor:
+    """All ablation variants in one place (inputs assumed checked by the caller).
+
+    rel_bias (h,k,k) square window | axial_bias ((h,k),(h,k)) separable window | neither: global only
+    (r uniform, r_inf unused). With a window, r_inf None means window only (no global term). gate: "softmax" (normalise by Σ_j e^{s_j+r}) or "sigmoid"
+    (weights σ(s_j)·e^{r}, normalised by Σ_j e^{r} alone).
+    """
+    acc = torch.promote_types(v.dtype, torch.float32)
+    if rel_bias is not None:
+        bias = rel_bias.to(acc)
+        peak, glob = _global_scale(bias.detach().amax(dim=(1, 2)), r_inf)
+        kernel = torch.exp(bias - peak.view(-1, 1, 1))                       # (h, k, k) in (0, 1]
+
+        def mix(x):
+            return positional_mix(x, glob, kernel=kernel)
+    elif axial_bias is not None:
+        by, bx = axial_bias[0].to(acc), axial_bias[1].to(acc)
+        my, mx = by.detach().amax(1), bx.detach().amax(1)
+        peak, glob = _global_scale(my + mx, r_inf)
+        # e^{by+bx−M} = e^{by−my} · e^{bx−mx} · e^{my+mx−M}; fold the last factor into the y kernel
+        ky = torch.exp(by - my[:, None] + (my + mx - peak)[:, None])
+        kx = torch.exp(bx - mx[:, None])
+
+        def mix(x):
+            return positional_mix(x, glob, axial=(ky, kx))
+    else:
+        glob = torch.ones(v.shape[1], device=v.device, dtype=acc)   # r uniform: plain global saliency softmax
+
+        def mix(x):
+            return positional_mix(x, glob)
+    return _attend(v, s, mask, mix, gate)
+
+
+def key_only_attention_reference(v: Tensor, s: Tensor, rel_bias: Tensor, r_inf: Tensor,
+                                 mask: Tensor | None = None) -> Tensor:
+    """The explicit O(N²) definition (tests only): builds every a_ij and applies it."""
+    _check_inputs(v, s, r_inf, mask)
+    k = _check_window(rel_bias, v.shape[1])
+    b, h, d, hh, ww = v.shape
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(hh, device=v.device), torch.arange(ww, device=v.device), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy, dx = ys[None, :] - ys[:, None], xs[None, :] - xs[:, None]       # (N_query, N_key): key − query
+    inside = (dy.abs() <= k // 2) & (dx.abs() <= k // 2)
+    r = rel_bias.to(dtype)[:, (dy + k // 2).clamp(0, k - 1), (dx + k // 2).clamp(0, k - 1)]  # (h, N, N)
+    r = torch.where(inside, r, r_inf.to(dtype)[:, None, None])
+    logits = s.to(dtype).reshape(b, h, 1, hh * ww) + r                 # (B, h, N, N)
+    if mask is not None:
+        logits = logits.masked_fill(~mask.reshape(b, 1, 1, hh * ww), float("-inf"))
+    a = torch.softmax(logits, dim=-1).nan_to_num(0.0)                   # a row with no real key -> 0
+    out = torch.einsum("bhij,bhdj->bhdi", a, v.to(dtype).reshape(b, h, d, hh * ww))
+    return out.reshape(b, h, d, hh, ww).to(v.dtype)

@@ -1,0 +1,70 @@
+"""Token mixers: one interface, padded tokens invisible, KeyOnlyAttention equals its written definition."""
+import math
+
+import pytest
+import torch
+
+from linglo.layers import TOKEN_MIXERS, KeyOnlyAttention, create_token_mixer
+from linglo.ops import key_only_attention_reference
+
+
+@pytest.mark.parametrize("name", sorted(TOKEN_MIXERS))
+def test_interface_shapes_and_mask(name):
+    torch.manual_seed(0)
+    mixer = create_token_mixer(name, 32, head_dim=16).eval()
+    x = torch.randn(2, 32, 7, 9)
+    assert mixer(x).shape == x.shape
+    mask = torch.ones(2, 7, 9, dtype=torch.bool)
+    mask[:, 5:] = False
+    x2 = x.clone()
+    x2[..., 5:, :] = torch.randn(2, 32, 2, 9) * 100      # change only the padded tokens
+    with torch.no_grad():
+        a, b = mixer(x, mask), mixer(x2, mask)
+    torch.testing.assert_close(a[..., :5, :], b[..., :5, :], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(window=0), dict(window=3, axial=True), dict(global_term=False),
+                                     dict(query_gate=True), dict(gate="sigmoid")])
+def test_key_only_options_run_and_backprop(options):
+    mixer = KeyOnlyAttention(32, head_dim=16, **options)
+    x = torch.randn(2, 32, 6, 5, requires_grad=True)
+    mixer(x).square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(p.grad is not None for p in mixer.parameters()), "every parameter takes part in the forward"
+
+
+def test_key_only_module_matches_definition():
+    """y = W_o Σ_j a_ij v_j with a_ij = softmax_j(s_j + r(j−i)), s = saliency conv / √d."""
+    torch.manual_seed(0)
+    mixer = KeyOnlyAttention(32, head_dim=16, window=3)
+    with torch.no_grad():
+        mixer.rel_bias.normal_()
+        mixer.r_inf.normal_()
+    x = torch.randn(2, 32, 5, 6)
+    y = mixer.proj_in(x)
+    v = y[:, :32].reshape(2, 2, 16, 5, 6)
+    s = y[:, 32:34] / math.sqrt(16)
+    expected = mixer.proj_out(key_only_attention_reference(v, s, mixer.rel_bias, mixer.r_inf).reshape(2, 32, 5, 6))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_softmax_mixer_is_full_attention():
+    torch.manual_seed(0)
+    mixer = create_token_mixer("softmax", 16, head_dim=16)
+    x = torch.randn(1, 16, 3, 4)
+    q, k, v = mixer.qkv(x).reshape(1, 3, 16, 12).unbind(1)
+    a = torch.softmax(q.transpose(1, 2) @ k / 4.0, dim=-1)                       # (1, N, N)
+    expected = mixer.proj_out((v @ a.transpose(1, 2)).reshape(1, 16, 3, 4))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad,message", [(dict(window=4), "odd"), (dict(window=0, global_term=False), "global_term"),
+                                         (dict(gate="relu"), "gate")])
+def test_bad_key_only_options(bad, message):
+    with pytest.raises(ValueError, match=message):
+        KeyOnlyAttention(32, **bad)
+
+
+def test_unknown_mixer_name():
+    with pytest.raises(ValueError, match="token_mixer must be one of"):
+        create_token_mixer("conv", 32)
