@@ -53,6 +53,7 @@ class Task:
     # Types of task keys whose default is None (the engine checks config-file values with them).
     optional_types: Mapping[str, type] = {}
     # DataLoader collate_fn for both splits; None = torch's default (stack tensors).
+    # Assign a plain function as staticmethod(fn), or it becomes a bound method.
     collate_fn: Callable | None = None
 
     def __init__(self, cfg: Mapping[str, Any]):

@@ -1,0 +1,43 @@
+"""Atomic file writes (temporary file in the same folder, fsync, os.replace): a crash or a full
+disk mid-write leaves the previous version of the file intact and no partial file behind.
+
+Shared by every layer that writes results (engine: checkpoints, metrics; tasks: figures).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, IO
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call write(f) on a temporary binary file next to `path`, then rename it to `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def atomic_savefig(fig: Any, path: str | Path, dpi: int = 120) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))

@@ -1,0 +1,1 @@
+"""The `linglo` command: argument parsing, messages and exit codes only (the work is in engine/tasks)."""

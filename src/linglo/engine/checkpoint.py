@@ -1,0 +1,85 @@
+"""Checkpoints: atomic save (the previous file survives a crash or a full disk), safe load
+(weights_only), RNG capture/restore for exact resume, and a compatibility check with a clear error.
+
+A checkpoint is a dict: model, ema (or None), optimizer, scheduler, scaler, epoch (completed),
+global_step, history (metrics rows), best, rng (one entry per rank), config, meta (task, model,
+and the task's meta, e.g. class names).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from linglo.atomic import atomic_write
+from linglo.errors import LingloError
+
+
+def capture_rng() -> dict[str, Any]:
+    """This process's Python, NumPy, torch (and CUDA) RNG states, as weights_only-loadable values."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
+    """Write `state` to `path` atomically; on failure the previous `path` is left untouched."""
+    try:
+        atomic_write(path, lambda f: torch.save(dict(state), f))
+    except OSError as e:
+        raise LingloError(f"could not write checkpoint '{path}': {e.strerror or e} "
+                          "(the previous checkpoint is kept)") from e
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LingloError(f"checkpoint '{path}' does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many kinds for a truncated or foreign file
+        raise LingloError(f"cannot read checkpoint '{path}': {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+    if not isinstance(ckpt, dict) or not {"model", "config", "meta"} <= ckpt.keys():
+        raise LingloError(f"'{path}' is not a linglo checkpoint (no model/config/meta entries)")
+    return ckpt
+
+
+def _describe(meta: Mapping[str, Any]) -> str:
+    names = meta.get("class_names")
+    classes = f" with {meta['num_classes']} classes" if "num_classes" in meta else ""
+    if names and len(names) <= 8:
+        classes += f" ({', '.join(map(str, names))})"
+    return f"task '{meta.get('task')}', model '{meta.get('model')}'{classes}"
+
+
+def check_compatible(ckpt: Mapping[str, Any], path: str | Path, meta: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint made for another task, model or output space (e.g. class count)."""
+    stored = ckpt["meta"]
+    if any(stored.get(k) != v for k, v in meta.items()):
+        raise LingloError(f"checkpoint '{path}' is for {_describe(stored)}, but this run is for {_describe(meta)}")
+
+
+def load_weights(module: torch.nn.Module, state_dict: Mapping[str, Any], path: str | Path) -> None:
+    try:
+        module.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise LingloError(f"checkpoint '{path}' does not fit the model: {str(e).splitlines()[0]}") from e

@@ -1,0 +1,368 @@
+"""The one training / evaluation / prediction loop for every task (classify, detect, segment).
+
+Task-specific work goes through linglo.tasks.base.Task; everything here is shared: data loading and
+DDP sharding, AdamW (timm create_optimizer_v2, no weight decay on norms, biases and
+model.no_weight_decay()), warmup + cosine (timm create_scheduler_v2, updated every step), AMP
+(bf16/fp16), gradient clipping, EMA (timm ModelEmaV3), checkpoints + exact resume, metrics.csv,
+summary.json, plots and progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from rich.console import Console
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from linglo.atomic import atomic_write_json
+from linglo.engine import distributed
+from linglo.engine.checkpoint import (capture_rng, check_compatible, load_checkpoint, load_weights,
+                                      restore_rng, save_checkpoint)
+from linglo.engine.config import resolve
+from linglo.engine.distributed import DistContext
+from linglo.engine.plots import plot_history
+from linglo.engine.progress import (EpochBar, epoch_line, facts_table, metrics_table, results_table,
+                                    step_stats)
+from linglo.engine.records import scalars, write_metrics_csv, write_summary
+from linglo.engine.run_dir import prepare
+from linglo.errors import LingloError
+from linglo.tasks import Task, get_task
+from linglo.tasks.image_folder import expand_inputs
+
+EPS_OPTIMIZERS = ("adamw", "adam", "lamb")
+
+
+# ---- small helpers ------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_amp(flag: str, device: torch.device) -> str:
+    """auto: bf16 on a GPU that has it, else fp16 on GPU; none on CPU (slower there, not faster)."""
+    if flag != "auto":
+        return flag
+    if device.type != "cuda":
+        return "none"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def param_checksum(model: nn.Module) -> float:
+    return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+def _explicit(key: str, file_cfg: Mapping[str, Any] | None, cli_cfg: Mapping[str, Any] | None) -> Any:
+    """The value the user gave for `key` (command line over config file), or None."""
+    for layer in (cli_cfg or {}, file_cfg or {}):
+        for k, v in layer.items():
+            if str(k).replace("-", "_") == key and v is not None:
+                return v
+    return None
+
+
+def _config(task_cls: type[Task], file_cfg, cli_cfg, base=None) -> dict[str, Any]:
+    return resolve(task_cls.defaults, task_cls.optional_types, base=base, file_cfg=file_cfg, cli_cfg=cli_cfg)
+
+
+def _console(console: Console | None, ctx: DistContext) -> Console:
+    return (console or Console()) if ctx.main else Console(quiet=True)
+
+
+def _loaders(task: Task, train_ds: Dataset | None, val_ds: Dataset, cfg: Mapping[str, Any],
+             ctx: DistContext) -> tuple[DataLoader | None, DataLoader]:
+    """Train: shuffled per epoch (DistributedSampler, seeded), full batches only. Val: this rank's
+    share (every world-th image, no padding, so metrics gathered over ranks count each image once)."""
+    common = dict(batch_size=cfg["batch_size"], num_workers=cfg["workers"], collate_fn=task.collate_fn,
+                  pin_memory=ctx.device.type == "cuda")
+    train_loader = None
+    if train_ds is not None:
+        sampler = DistributedSampler(train_ds, num_replicas=ctx.world, rank=ctx.rank, shuffle=True,
+                                     seed=cfg["seed"], drop_last=False)
+        if len(sampler) < cfg["batch_size"]:
+            raise LingloError(f"the train split has {len(train_ds)} images, fewer than one batch per process "
+                              f"(--batch-size {cfg['batch_size']} x {ctx.world} process(es)); lower --batch-size")
+        train_loader = DataLoader(train_ds, sampler=sampler, drop_last=True, **common)
+    val_loader = DataLoader(val_ds, sampler=list(range(ctx.rank, len(val_ds), ctx.world)), **common)
+    return train_loader, val_loader
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+def evaluate_model(task: Task, model: nn.Module, loader: DataLoader, ctx: DistContext, amp: str,
+                   console: Console, label: str = "val") -> dict[str, Any]:
+    """The task's metrics over the whole val set (each rank evaluates its share; states gathered)."""
+    model.eval()
+    state = task.eval_begin()
+    with torch.no_grad(), EpochBar(console, label, len(loader), transient=True) as bar:
+        for raw in loader:
+            with autocast(ctx.device, amp):
+                task.eval_step(model, task.to_batch(raw, ctx.device, train=False), state)
+            bar.update()
+    return task.eval_end(ctx.all_gather(state))
+
+
+def _train_epoch(task: Task, model: nn.Module, raw_model: nn.Module, loader: DataLoader, optimizer,
+                 scheduler, scaler, ema: ModelEmaV3 | None, cfg: Mapping[str, Any], ctx: DistContext,
+                 amp: str, epoch: int, step: int, console: Console) -> tuple[float, int, float]:
+    """One pass over the train loader; returns (mean train loss over ranks, global step, images/s)."""
+    model.train()
+    loss_sum, seen = 0.0, 0
+    start = time.perf_counter()
+    with EpochBar(console, f"epoch {epoch + 1}/{cfg['epochs']}", len(loader)) as bar:
+        for raw in loader:
+            batch = task.to_batch(raw, ctx.device, train=True)
+            with autocast(ctx.device, amp):
+                loss, _ = task.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg["clip_grad"]:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(raw_model.parameters(), cfg["clip_grad"])
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            scheduler.step_update(step)
+            if ema is not None:
+                ema.update(raw_model, step=step)
+            loss_sum += loss.item() * batch.size
+            seen += batch.size
+            rate = seen * ctx.world / (time.perf_counter() - start)
+            bar.update(step_stats(loss_sum / seen, optimizer.param_groups[0]["lr"], rate))
+    loss_sum, seen_all = ctx.sum(loss_sum, seen)
+    return loss_sum / seen_all, step, seen_all / (time.perf_counter() - start)
+
+
+def train(task_name: str, *, file_cfg: Mapping[str, Any] | None = None, cli_cfg: Mapping[str, Any] | None = None,
+          console: Console | None = None) -> dict[str, Any]:
+    """Train (or resume) a run; returns its summary (also written to OUTPUT/summary.json)."""
+    task_cls = get_task(task_name)
+    cfg = _config(task_cls, file_cfg, {**(cli_cfg or {}), "task": task_name})
+    cfg["model"] = cfg["model"] or task_cls.defaults.get("model")
+    default_out = f"runs/{task_name}-{cfg['model']}"
+    ckpt, ckpt_path = None, None
+    if cfg["resume"]:
+        ckpt_path = (Path(cfg["output"] or default_out) / "last.pt" if cfg["resume"] == "auto"
+                     else Path(cfg["resume"]))
+        if not ckpt_path.is_file():
+            raise LingloError(f"nothing to resume: checkpoint '{ckpt_path}' does not exist")
+        ckpt = load_checkpoint(ckpt_path)
+        cfg = _config(task_cls, file_cfg, {**(cli_cfg or {}), "task": task_name}, base=ckpt["config"])
+        cfg["output"] = _explicit("output", file_cfg, cli_cfg) or str(ckpt_path.parent)
+    cfg["output"] = cfg["output"] or default_out
+    ctx = distributed.setup(cfg["device"])
+    try:
+        return _fit(task_cls, cfg, ckpt, ckpt_path, ctx, _console(console, ctx))
+    finally:
+        distributed.teardown()
+
+
+def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | None, ckpt_path: Path | None,
+         ctx: DistContext, console: Console) -> dict[str, Any]:
+    out = Path(cfg["output"])
+    prepare(out, resume=ckpt is not None, overwrite=cfg["overwrite"], main=ctx.main)
+    ctx.barrier()
+    amp = resolve_amp(cfg["amp"], ctx.device)
+    seed_everything(cfg["seed"] + ctx.rank)
+
+    task = task_cls(cfg)
+    train_ds, val_ds = task.build_dataset("train"), task.build_dataset("val")
+    meta = {"task": task.name, "model": cfg["model"], **task.meta}
+    if ckpt is not None:
+        check_compatible(ckpt, ckpt_path, meta)
+    model = task.build_model().to(ctx.device)
+    n_params = sum(p.numel() for p in model.parameters())
+    ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None
+    train_loader, val_loader = _loaders(task, train_ds, val_ds, cfg, ctx)
+    global_batch = cfg["batch_size"] * ctx.world
+    lr = cfg["lr"] or cfg["lr_base"] * global_batch / cfg["lr_base_size"]
+    opt_kwargs = {"eps": cfg["opt_eps"]} if cfg["opt"] in EPS_OPTIMIZERS else {}
+    optimizer = create_optimizer_v2(model, opt=cfg["opt"], lr=lr, weight_decay=cfg["weight_decay"],
+                                    momentum=cfg["momentum"], **opt_kwargs)
+    scheduler, _ = create_scheduler_v2(optimizer, sched=cfg["sched"], num_epochs=cfg["epochs"],
+                                       warmup_epochs=cfg["warmup_epochs"], warmup_lr=cfg["warmup_lr"],
+                                       min_lr=cfg["min_lr"], step_on_epochs=False,
+                                       updates_per_epoch=len(train_loader))
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=amp == "fp16")
+    ddp = (DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
+           if ctx.world > 1 else model)
+
+    start, history, best, step = 0, [], None, 0
+    if ckpt is not None:
+        start, history, best, step = ckpt["epoch"], list(ckpt["history"]), ckpt["best"], ckpt["global_step"]
+        if start >= cfg["epochs"]:
+            raise LingloError(f"the run in '{out}' already finished {start}/{cfg['epochs']} epochs; "
+                              "pass a larger --epochs to continue it")
+        load_weights(model, ckpt["model"], ckpt_path)
+        if ema is not None and ckpt.get("ema") is not None:
+            load_weights(ema.module, ckpt["ema"], ckpt_path)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt["config"]["epochs"] == cfg["epochs"]:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scheduler.step_update(step)
+        scaler.load_state_dict(ckpt["scaler"])
+        if len(ckpt["rng"]) == ctx.world:
+            restore_rng(ckpt["rng"][ctx.rank])
+        else:
+            console.print(f"[yellow]warning: checkpoint was made by {len(ckpt['rng'])} process(es), this run has "
+                          f"{ctx.world}: random streams are reseeded, so results will not match an uninterrupted run")
+            seed_everything(cfg["seed"] + ctx.rank + 1000 * start)
+
+    data = task.describe()
+    console.print(facts_table([
+        ("task / model", f"{task.name} / {cfg['model']} ({n_params / 1e6:.2f} M params)"),
+        ("data", f"{data.get('data', cfg['data'])}: {len(train_ds)} train / {len(val_ds)} val images"
+                 + (f", {len(meta['class_names'])} classes" if "class_names" in meta else "")),
+        ("schedule", f"{cfg['epochs']} epochs x {len(train_loader)} steps, global batch {global_batch}, "
+                     f"lr {lr:.3g} ({cfg['opt']}, {cfg['sched']}, warmup {cfg['warmup_epochs']})"),
+        ("device", f"{ctx.device} x {ctx.world} process(es), amp {amp}, ema {'on' if ema else 'off'}"),
+        ("output", str(out) + (f" (resuming after epoch {start})" if ckpt is not None else "")),
+    ]))
+
+    def summary(status: str, detail: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+        return {"status": status, "task": task.name, "model": cfg["model"], "params": n_params,
+                "epochs": cfg["epochs"], "epochs_done": history[-1]["epoch"],
+                "primary_metric": f"val_{task.primary_metric}", "best": history[best["epoch"] - 1],
+                "last": history[-1], "val_detail": {k: v for k, v in detail.items() if k not in history[-1]},
+                "time_s": sum(r["epoch_time_s"] for r in history), "device": str(ctx.device), "amp": amp,
+                "world_size": ctx.world, "global_batch": global_batch, "lr": lr, "data": data, "meta": meta,
+                "config": cfg, **extra}
+
+    metrics: dict[str, Any] = {}
+    for epoch in range(start, cfg["epochs"]):
+        t0 = time.perf_counter()
+        train_loader.sampler.set_epoch(epoch)
+        train_loss, step, rate = _train_epoch(task, ddp, model, train_loader, optimizer, scheduler, scaler, ema,
+                                              cfg, ctx, amp, epoch, step, console)
+        metrics = evaluate_model(task, model, val_loader, ctx, amp, console)
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+               **scalars(metrics, "val_")}
+        if ema is not None:
+            row.update(scalars(evaluate_model(task, ema.module, val_loader, ctx, amp, console, "val (EMA)"), "ema_val_"))
+        row.update(epoch_time_s=time.perf_counter() - t0, train_img_per_s=rate)
+        history.append(row)
+        value = row[f"val_{task.primary_metric}"]
+        is_best = best is None or (value > best["value"] if task.higher_is_better else value < best["value"])
+        if is_best:
+            best = {"epoch": epoch + 1, "value": value}
+        rng = ctx.all_gather(capture_rng())
+        error = None
+        if ctx.main:
+            state = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
+                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                     "scaler": scaler.state_dict(), "epoch": epoch + 1, "global_step": step, "history": history,
+                     "best": best, "rng": rng, "config": cfg, "meta": meta}
+            try:
+                save_checkpoint(out / "last.pt", state)
+                if is_best:
+                    save_checkpoint(out / "best.pt", state)
+                write_metrics_csv(out / "metrics.csv", history)
+                write_summary(out / "summary.json", summary("running", metrics))
+                plot_history(history, out, task.primary_metric)
+            except (LingloError, OSError) as e:
+                error = str(e) if isinstance(e, LingloError) else f"could not write to '{out}': {e}"
+        errors = [e for e in ctx.all_gather(error) if e]
+        if errors:
+            raise LingloError(errors[0])
+        console.print(epoch_line(row, cfg["epochs"], task.primary_metric, is_best))
+
+    per_rank = ctx.all_gather({"param_checksum": param_checksum(model), "val": scalars(metrics, "val_")})
+    final = summary("finished", metrics, distributed={"world_size": ctx.world, "per_rank": per_rank})
+    if ctx.main:
+        write_summary(out / "summary.json", final)
+        reports = task.eval_report(metrics, out)
+        console.print(results_table(history[-1], final["best"], f"{task.name}: {cfg['model']} ({out})"))
+        for r in reports:
+            console.print(r)
+        console.print(f"files in {out}: {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))}")
+    return final
+
+
+# ---- eval and predict from a checkpoint -----------------------------------------------------------
+def _from_checkpoint(task_name: str, file_cfg, cli_cfg):
+    task_cls = get_task(task_name)
+    path = _explicit("checkpoint", file_cfg, cli_cfg)
+    if not path:
+        raise LingloError("--checkpoint is required (e.g. runs/<run>/best.pt)")
+    ckpt = load_checkpoint(path)
+    cfg = _config(task_cls, file_cfg, cli_cfg, base=ckpt["config"])
+    return task_cls, cfg, ckpt, Path(path)
+
+
+def _checkpoint_model(task: Task, ckpt: Mapping[str, Any], path: Path, use_ema: bool,
+                      device: torch.device) -> nn.Module:
+    model = task.build_model()
+    if use_ema and ckpt.get("ema") is None:
+        raise LingloError(f"checkpoint '{path}' has no EMA weights (trained without EMA); drop --use-ema")
+    load_weights(model, ckpt["ema"] if use_ema else ckpt["model"], path)
+    return model.to(device).eval()
+
+
+def evaluate(task_name: str, *, file_cfg: Mapping[str, Any] | None = None,
+             cli_cfg: Mapping[str, Any] | None = None, console: Console | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint on the val split of --data (default: the data it was trained on)."""
+    task_cls, cfg, ckpt, path = _from_checkpoint(task_name, file_cfg, cli_cfg)
+    ctx = distributed.setup(cfg["device"])
+    try:
+        console = _console(console, ctx)
+        amp = resolve_amp(cfg["amp"], ctx.device)
+        task = task_cls(cfg)
+        val_ds = task.build_dataset("val")
+        check_compatible(ckpt, path, {"task": task.name, "model": cfg["model"], **task.meta})
+        model = _checkpoint_model(task, ckpt, path, cfg["use_ema"], ctx.device)
+        _, loader = _loaders(task, None, val_ds, cfg, ctx)
+        metrics = evaluate_model(task, model, loader, ctx, amp, console)
+        out = Path(_explicit("output", file_cfg, cli_cfg)
+                   or path.parent / f"eval-{path.stem}{'-ema' if cfg['use_ema'] else ''}")
+        result = {"checkpoint": str(path), "weights": "ema" if cfg["use_ema"] else "model",
+                  "data": task.describe(), "metrics": metrics}
+        if ctx.main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "eval.json", result)
+            console.print(metrics_table(metrics, f"eval: {cfg['model']} on {len(val_ds)} val images ({path})"))
+            for r in task.eval_report(metrics, out):
+                console.print(r)
+            console.print(f"written: {out / 'eval.json'}")
+        return result
+    finally:
+        distributed.teardown()
+
+
+def predict(task_name: str, inputs: Sequence[str], *, file_cfg: Mapping[str, Any] | None = None,
+            cli_cfg: Mapping[str, Any] | None = None, console: Console | None = None) -> list[dict[str, Any]]:
+    """Run a checkpoint on image files / folders; prints the results, writes predictions.json to --output."""
+    task_cls, cfg, ckpt, path = _from_checkpoint(task_name, file_cfg, cli_cfg)
+    task = task_cls(cfg)
+    check_compatible(ckpt, path, {"task": task.name, "model": cfg["model"]})
+    task.meta = {k: v for k, v in ckpt["meta"].items() if k not in ("task", "model")}
+    files = expand_inputs(inputs)
+    device = distributed.pick_device(cfg["device"], 0)
+    model = _checkpoint_model(task, ckpt, path, cfg["use_ema"], device)
+    out = _explicit("output", file_cfg, cli_cfg)
+    out = Path(out) if out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad(), autocast(device, resolve_amp(cfg["amp"], device)):
+        preds = task.predict(model, files, device, out)
+    console = console or Console()
+    for r in task.predict_report(preds):
+        console.print(r)
+    if out is not None:
+        atomic_write_json(out / "predictions.json", preds)
+        console.print(f"written: {out / 'predictions.json'}")
+    return preds

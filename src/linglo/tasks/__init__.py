@@ -1,0 +1,27 @@
+"""Task registry: task name -> "module:Class" of its Task subclass (imported only when used).
+
+To add a task, add one line here; the CLI offers every name in TASKS as `linglo train NAME`.
+"""
+from __future__ import annotations
+
+import importlib
+
+from linglo.errors import LingloError
+from linglo.tasks.base import Batch, Task
+
+TASKS: dict[str, str] = {
+    "classify": "linglo.tasks.classify:ClassifyTask",
+    "detect": "linglo.tasks.detect:DetectTask",
+    "segment": "linglo.tasks.segment:SegmentTask",
+}
+
+
+def get_task(name: str) -> type[Task]:
+    """The Task class registered as `name`."""
+    if name not in TASKS:
+        raise LingloError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["Batch", "Task", "TASKS", "get_task"]

@@ -1,0 +1,170 @@
+"""The `linglo` command: help, every bad input -> one "error: ..." line and exit 2, eval/predict/demo."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from linglo.cli.main import main
+from linglo.engine.demo import free_run_dir
+
+TINY = ["--model", "test_convnext", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_folder_session, tmp_path_factory) -> Path:
+    """A finished 1-epoch run (with EMA) of a tiny model on the tiny dataset."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--data", str(tiny_folder_session), *TINY, "--output", str(out)]) == 0
+    return out
+
+
+def error_of(argv, capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["predict", "--help"],
+                                  ["demo", "--help"], ["models", "--help"]])
+def test_help(argv, capsys):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "usage: linglo" in out
+
+
+def test_train_help_names_flags_and_the_unreadable_image_policy(capsys):
+    main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for flag in ("--model", "--data", "--epochs", "--batch-size", "--img-size", "--lr", "--output", "--resume",
+                 "--device", "--workers", "--seed", "--amp", "--overwrite", "--config", "--mixup", "--drop-path"):
+        assert flag in out
+    assert "Unreadable or corrupt images are skipped" in out
+
+
+def test_bad_dataset_inputs(tiny_folder, tmp_path, capsys):
+    assert "not found: not a folder" in error_of(["train", "--data", str(tmp_path / "missing"), *TINY], capsys)
+    (tmp_path / "empty").mkdir()
+    assert "has no train/ folder" in error_of(["train", "--data", str(tmp_path / "empty"), *TINY], capsys)
+    (tiny_folder / "train" / "wasps").mkdir()
+    err = error_of(["train", "--data", str(tiny_folder), *TINY, "--output", str(tmp_path / "r")], capsys)
+    assert "class folder" in err and "wasps" in err and "has no readable images" in err
+
+
+def test_unknown_model_suggests_close_names(tiny_folder_session, capsys):
+    err = error_of(["train", "--data", str(tiny_folder_session), *TINY, "--model", "linglo_tt"], capsys)
+    assert "unknown model 'linglo_tt'" in err and "linglo_t" in err.split("did you mean")[1]
+
+
+def test_existing_runs_are_never_clobbered(trained, tiny_folder_session, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_folder_session), *TINY]
+    assert "already holds a finished run" in error_of([*argv, "--output", str(trained)], capsys)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "last.pt").write_bytes(b"")
+    assert "holds an unfinished run" in error_of([*argv, "--output", str(unfinished)], capsys)
+    assert "nothing to resume" in error_of([*argv, "--output", str(tmp_path / "new"), "--resume"], capsys)
+    assert "already finished 1/1 epochs" in error_of([*argv, "--output", str(trained), "--resume"], capsys)
+    copy = Path(shutil.copytree(trained, tmp_path / "copy"))
+    assert main([*argv, "--output", str(copy), "--overwrite"]) == 0
+
+
+def test_checkpoint_of_another_model_or_class_count(trained, tiny_folder, tmp_path, capsys):
+    ckpt = str(trained / "last.pt")
+    err = error_of(["eval", "--checkpoint", ckpt, "--model", "resnet18"], capsys)
+    assert "is for task 'classify', model 'test_convnext' with 2 classes" in err and "model 'resnet18'" in err
+    shutil.copytree(tiny_folder / "val" / "bees", tiny_folder / "val" / "wasps")
+    err = error_of(["eval", "--checkpoint", ckpt, "--data", str(tiny_folder)], capsys)
+    assert "with 2 classes (ants, bees)" in err and "with 3 classes (ants, bees, wasps)" in err
+    resumed = Path(shutil.copytree(trained, tmp_path / "resume"))
+    err = error_of(["train", "--resume", str(resumed / "last.pt"), "--model", "resnet18", "--epochs", "2"], capsys)
+    assert "model 'test_convnext'" in err and "model 'resnet18'" in err
+    assert "does not exist" in error_of(["eval", "--checkpoint", str(tmp_path / "none.pt")], capsys)
+    assert "--checkpoint is required" in error_of(["eval"], capsys)
+
+
+@pytest.mark.parametrize("text, suffix, message", [
+    ("batchsize: 4\n", ".yaml", "unknown key 'batchsize' (did you mean 'batch_size'?)"),
+    ("epochs: [1\n", ".yaml", "is not valid YAML"),
+    ('{"epochs": "two"}', ".json", "'epochs' must be int, got 'two'"),
+    ("- 1\n", ".yml", "must hold a mapping"),
+])
+def test_bad_config_files(text, suffix, message, tiny_folder_session, tmp_path, capsys):
+    cfg = tmp_path / f"cfg{suffix}"
+    cfg.write_text(text)
+    assert message in error_of(["train", "--data", str(tiny_folder_session), "--config", str(cfg)], capsys)
+
+
+def test_bad_flag_values(tiny_folder_session, tmp_path, capsys):
+    argv = ["train", "--data", str(tiny_folder_session), *TINY, "--output", str(tmp_path / "r")]
+    assert "is not a device" in error_of([*argv, "--device", "tpu"], capsys)
+    assert "'epochs' must be > 0" in error_of([*argv, "--epochs", "0"], capsys)
+    assert main([*argv, "--epochs", "two"]) == 2          # argparse's own usage error
+    assert "invalid int value" in capsys.readouterr().err
+    assert "does not exist" in error_of(["predict", "--checkpoint", str(tmp_path / "x.pt"), "img.jpg"], capsys)
+
+
+def test_config_file_sets_flags_and_the_command_line_wins(tiny_folder_session, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"data: {tiny_folder_session}\nmodel: test_convnext\nimg-size: 32\nepochs: 1\nbatch_size: 8\n"
+                   "workers: 0\nema: false\nmixup: 0.0\n")
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--batch-size", "4", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["batch_size"] == 4 and summary["config"]["img_size"] == 32
+    assert summary["config"]["mixup"] == 0.0 and summary["config"]["ema"] is False
+
+
+def test_eval_reproduces_the_runs_last_val_metrics(trained, tmp_path, capsys):
+    summary = json.loads((trained / "summary.json").read_text())
+    for extra, prefix in (([], "val_"), (["--use-ema"], "ema_val_")):
+        out = tmp_path / prefix
+        assert main(["eval", "--checkpoint", str(trained / "last.pt"), "--output", str(out), *extra]) == 0
+        metrics = json.loads((out / "eval.json").read_text())["metrics"]
+        assert metrics["top1"] == pytest.approx(summary["last"][f"{prefix}top1"])
+        assert metrics["loss"] == pytest.approx(summary["last"][f"{prefix}loss"], rel=1e-5)
+        assert (out / "confusion_matrix.png").is_file()
+        assert "top5" not in metrics                       # 2 classes: top-5 would always be 100
+    assert "per-class accuracy" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(trained / "best.pt")]) == 0   # default: next to the checkpoint
+    assert (trained / "eval-best" / "eval.json").is_file()
+
+
+def test_predict_a_folder(trained, tiny_folder_session, tmp_path, capsys):
+    folder = tiny_folder_session / "val" / "bees"
+    assert main(["predict", "--checkpoint", str(trained / "best.pt"), str(folder), "--topk", "1",
+                 "--output", str(tmp_path)]) == 0
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert [Path(p["file"]).name for p in preds] == sorted(p.name for p in folder.iterdir())
+    assert all(len(p["top"]) == 1 and p["top"][0]["label"] in ("ants", "bees") for p in preds)
+    assert "predictions" in capsys.readouterr().out
+
+
+def test_demo_trains_on_the_embedded_dataset(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", "test_convnext", "--epochs", "1", "--img-size", "32", "--output", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["meta"]["class_names"] == ["object", "person"]
+    assert summary["data"]["data"].endswith("assets/default_dataset") and summary["status"] == "finished"
+
+
+def test_demo_picks_a_free_run_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert free_run_dir() == "runs/demo"
+    Path("runs/demo").mkdir(parents=True)
+    assert free_run_dir() == "runs/demo"                  # an empty folder holds no run
+    Path("runs/demo/summary.json").write_text("{}")
+    Path("runs/demo-2").mkdir()
+    Path("runs/demo-2/last.pt").write_bytes(b"")
+    assert free_run_dir() == "runs/demo-3"
+
+
+def test_models_table(capsys):
+    if not hasattr(pytest.importorskip("linglo.models"), "describe_family"):
+        pytest.skip("linglo.models.describe_family is not there yet")
+    assert main(["models"]) == 0
+    assert "linglo_t" in capsys.readouterr().out
