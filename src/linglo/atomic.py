@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any, Callable, IO
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call write(f) on a temporary binary file next to `path`, then rename it to `path`."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes 0600; give the file the mode open() would
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

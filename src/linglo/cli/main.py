@@ -16,7 +16,7 @@ import argparse
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
-from linglo.cli import classify_args, dense_args
+from linglo.cli import classify_args, dense_args, deploy_args
 from linglo.cli.config_file import load_config_file
 from linglo.cli.run_args import add_run_args
 from linglo.errors import LingloError
@@ -50,6 +50,9 @@ def _command_parser(sub, command: str, task: str, help_text: str) -> argparse.Ar
               + (classify_args.DATA_HELP if task == "classify" else "")) if command in TASK_COMMANDS else None
     p = sub.add_parser(command, help=help_text, description=help_text, usage=usage, epilog=epilog)
     d = _defaults(task)
+    if command == "demo":   # show the demo's own recipe, not the ImageNet one
+        from linglo.tasks.classify import DEMO_CONFIG
+        d = {**d, **{k.replace("-", "_"): v for k, v in DEMO_CONFIG.items()}}
     add_run_args(p, command, d)
     TASK_ARGS[task](p, command, d)
     if command == "predict":
@@ -71,6 +74,7 @@ def build_parser(task: str = "classify") -> argparse.ArgumentParser:
                                              "2 CPU cores), evaluate it, print the table and write the plots")
     sub.add_parser("models", help="table of the LinGlo family (params, GMACs, feature channels)",
                    description="table of the LinGlo family (params, GMACs, feature channels)")
+    deploy_args.register(sub)   # bench, export
     return parser
 
 
@@ -105,6 +109,8 @@ def run(argv: Sequence[str]) -> int:
     if command == "models":
         show_models()
         return 0
+    if command in deploy_args.COMMANDS:
+        return deploy_args.run(command, args)
     import linglo  # noqa: F401  registers the LinGlo models with timm
     from linglo import engine
     from linglo.engine.demo import run_demo
