@@ -1,0 +1,183 @@
+"""Detection: COCO reader (masks, crowd, empty images, bad annotations), any-timm pyramid, training
+that overfits real images, and the train / eval / predict commands."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from dense_fixtures import COCO, coco_subset
+from torchvision.transforms import v2
+
+from linglo import engine
+from linglo.cli.main import main
+from linglo.errors import LingloError
+from linglo.tasks.coco import CocoDetection
+from linglo.tasks.detectors import build_detector
+from linglo.tasks.pyramid import Pyramid
+
+
+# ---- reader ----------------------------------------------------------------------------------------
+def test_reader_masks_crowd_empty_images_and_labels(tmp_path):
+    def edit(d):  # the 4th image keeps no annotation
+        d["annotations"] = [a for a in d["annotations"] if a["image_id"] != d["images"][3]["id"]]
+    images, ann = coco_subset(tmp_path, 4, edit)
+    ds = CocoDetection(images, ann, train=False, with_masks=True)
+    assert len(ds) == 4 and ds.num_classes == 80 and ds.label_of[90] == 80 and ds.label_of[1] == 1
+    image, target = ds[0]
+    H, W = image.shape[-2:]
+    assert image.dtype == torch.float32 and 0 <= image.min() and image.max() <= 1
+    n = len(target["labels"])
+    assert n == 8 and target["boxes"].shape == (n, 4) and target["masks"].shape == (n, H, W)
+    # polygon masks lie inside their boxes and fill a good part of them
+    for box, mask in zip(target["boxes"], target["masks"]):
+        ys, xs = torch.nonzero(mask, as_tuple=True)
+        assert xs.min() >= box[0] - 1 and xs.max() <= box[2] + 1 and ys.min() >= box[1] - 1 and ys.max() <= box[3] + 1
+    _, empty = ds[3]
+    assert empty["boxes"].shape == (0, 4) and empty["masks"].shape[0] == 0 and empty["labels"].shape == (0,)
+
+
+def test_reader_drops_crowd_from_training_targets(tmp_path):
+    data = json.loads((COCO / "annotations" / "instances_train2017.json").read_text())
+    crowd = next(a for a in data["annotations"] if a["iscrowd"])
+    idx = next(i for i, im in enumerate(data["images"]) if im["id"] == crowd["image_id"])
+    images, ann = coco_subset(tmp_path, idx + 1)
+    ds = CocoDetection(images, ann, with_masks=True)
+    assert ds.stats["crowd"] >= 1
+    image_anns = [a for a in data["annotations"] if a["image_id"] == crowd["image_id"]]
+    _, target = ds[idx]
+    assert len(target["labels"]) == sum(1 for a in image_anns if not a["iscrowd"])
+
+
+def test_flip_moves_boxes_with_masks(tmp_path):
+    images, ann = coco_subset(tmp_path, 2)
+    ds = CocoDetection(images, ann, with_masks=True)
+    _, plain = ds[1]
+    ds.transform = v2.RandomHorizontalFlip(1.0)
+    image, flipped = ds[1]
+    W = image.shape[-1]
+    torch.testing.assert_close(flipped["boxes"][:, [2, 0]], W - plain["boxes"][:, [0, 2]])
+    torch.testing.assert_close(flipped["masks"], plain["masks"].flip(-1))
+
+
+def test_bad_boxes_are_clipped_or_dropped_with_counts(tmp_path, capsys):
+    def edit(d):
+        d["annotations"][0]["bbox"] = [-20.0, -10.0, 100.0, 50.0]     # reaches outside: clipped
+        d["annotations"][1]["bbox"] = [10.0, 10.0, 0.0, 30.0]         # zero width: dropped
+        d["annotations"][2]["bbox"] = [5000.0, 10.0, 20.0, 20.0]      # entirely outside: dropped
+    images, ann = coco_subset(tmp_path, 2, edit)
+    ds = CocoDetection(images, ann)
+    assert ds.stats["clipped"] == 1 and ds.stats["dropped_empty"] == 2
+    assert "clipped 1 boxes" in capsys.readouterr().err
+    targets = [ds[i][1] for i in range(2)]
+    assert min(t["boxes"].min() for t in targets) >= 0 and sum(len(t["labels"]) for t in targets) == 10 - 2
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(category_id=999), "annotation 4242 has unknown category id 999"),
+    (dict(bbox=[1, 2, 3]), "annotation 4242 has bbox [1, 2, 3]"),
+    (dict(image_id=12345), "annotation 4242 refers to unknown image id 12345"),
+    (dict(segmentation=[]), "annotation 4242 has no segmentation"),
+])
+def test_bad_annotations_name_the_file(tmp_path, change, message):
+    images, ann = coco_subset(tmp_path, 2, lambda d: d["annotations"][0].update(id=4242, **change))
+    with pytest.raises(LingloError) as e:
+        CocoDetection(images, ann, with_masks=True)
+    assert str(e.value).startswith(f"{ann}: {message}")
+
+
+def test_missing_image_file_is_named(tmp_path):
+    images, ann = coco_subset(tmp_path, 2, lambda d: d["images"][1].update(file_name="nope.jpg"))
+    with pytest.raises(LingloError, match=f"missing image file {images / 'nope.jpg'} "):
+        CocoDetection(images, ann)
+
+
+def test_image_size_differing_from_json_is_named(tmp_path):
+    images, ann = coco_subset(tmp_path, 1, lambda d: d["images"][0].update(width=100))
+    with pytest.raises(LingloError, match=r"000000000009\.jpg is 640x480 but .* says 100x480"):
+        CocoDetection(images, ann)[0]
+
+
+# ---- backbone pyramid ----------------------------------------------------------------------------
+def test_pyramid_picks_strides_4_to_32_of_any_timm_model():
+    p = Pyramid("test_resnet")  # its first feature is at stride 2, which is skipped
+    feats = p(torch.randn(1, 3, 64, 96))
+    assert [f.shape[-2:] for f in feats] == [(16, 24), (8, 12), (4, 6), (2, 3)]
+    assert [f.shape[1] for f in feats] == p.channels
+    with pytest.raises(LingloError, match="no feature map at stride 4"):
+        Pyramid("test_vit")
+    with pytest.raises(LingloError, match="unknown model 'linglo_tt'"):
+        Pyramid("linglo_tt")
+
+
+def test_pyramid_loads_backbone_weights_and_refuses_another_models(tmp_path):
+    import timm
+    classifier = timm.create_model("test_convnext", num_classes=3)
+    torch.save({"model": classifier.state_dict(), "config": {}}, tmp_path / "best.pt")
+    p = Pyramid("test_convnext", pretrained_path=str(tmp_path / "best.pt"))
+    torch.testing.assert_close(p.body.stem_0.weight, classifier.stem[0].weight)
+    with pytest.raises(LingloError, match=r"best\.pt' do not fit model 'test_resnet': 0 of \d+ tensors match"):
+        Pyramid("test_resnet", pretrained_path=str(tmp_path / "best.pt"))
+    with pytest.raises(LingloError, match="cannot read backbone weights"):
+        Pyramid("test_convnext", pretrained_path=str(tmp_path / "missing.pt"))
+
+
+# ---- training ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["maskrcnn", "retinanet"])
+def test_training_step_accepts_images_without_annotations(tmp_path, arch):
+    def edit(d):  # the 2nd image keeps no annotation
+        d["annotations"] = [a for a in d["annotations"] if a["image_id"] != d["images"][1]["id"]]
+    images, ann = coco_subset(tmp_path, 2, edit)
+    ds = CocoDetection(images, ann, train=True, with_masks=arch == "maskrcnn")
+    model = build_detector("test_convnext", arch, ds.num_classes, min_size=96, max_size=128, fpn_channels=16)
+    imgs, targets = zip(*(ds[i] for i in range(2)))
+    assert len(targets[1]["labels"]) == 0
+    losses = model(list(imgs), list(targets))
+    total = sum(losses.values())
+    total.backward()
+    assert torch.isfinite(total) and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_mask_rcnn_overfits_four_images(tmp_path):
+    """linglo_t + narrow FPN, 4 real photos at 160 px: box AP50 on them rises well above zero."""
+    images, ann = coco_subset(tmp_path / "data", 4)
+    summary = engine.train("detect", cli_cfg=dict(
+        model="linglo_t", arch="maskrcnn", train_images=str(images), train_ann=str(ann), val_images=str(images),
+        val_ann=str(ann), img_size=160, max_size=266, fpn_channels=64, epochs=12, batch_size=1, lr=1e-3,
+        warmup_epochs=2, clip_grad=1.0, drop_path=0.0, workers=0, output=str(tmp_path / "run")))
+    print(f"best AP50 {summary['best']['val_bbox_AP50']:.1f}")
+    assert summary["best"]["val_bbox_AP50"] > 10, summary["best"]
+    first = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert first["status"] == "finished" and "val_segm_AP" in first["last"] and "val_bbox_APl" in first["last"]
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert "val_bbox_AP50" in header and "val_segm_AP75" in header
+
+
+def test_retinanet_train_eval_predict_commands(tmp_path, capsys):
+    images, ann = coco_subset(tmp_path / "data", 2)
+    run = tmp_path / "run"
+    common = ["--img-size", "128", "--max-size", "192", "--workers", "0"]
+    assert main(["train", "detect", "--model", "test_convnext", "--arch", "retinanet", "--fpn-channels", "32",
+                 "--train-images", str(images), "--train-ann", str(ann), "--val-images", str(images),
+                 "--val-ann", str(ann), "--epochs", "1", "-b", "2", "-o", str(run), *common]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["task"] == "detect" and summary["data"]["arch"] == "retinanet"
+    assert "segm_AP" not in str(summary["last"])
+    assert main(["eval", "detect", "--checkpoint", str(run / "last.pt"), "-o", str(tmp_path / "ev"), *common]) == 0
+    assert "bbox_AP50" in json.loads((tmp_path / "ev" / "eval.json").read_text())["metrics"]
+    out = tmp_path / "pred"
+    files = [str(COCO / "train2017" / "000000000009.jpg"), str(COCO / "train2017" / "000000000025.jpg")]
+    assert main(["predict", "detect", "--checkpoint", str(run / "last.pt"), "--score-thresh", "0.05",
+                 "-o", str(out), *files]) == 0
+    preds = json.loads((out / "predictions.json").read_text())
+    assert [p["file"] for p in preds] == files
+    assert all((out / f"{p['file'].split('/')[-1][:-4]}_det.jpg").is_file() for p in preds)
+    assert all(d["category_id"] > 0 and len(d["bbox"]) == 4 for p in preds for d in p["detections"])
+
+
+def test_bad_annotation_exits_2_with_one_line(tmp_path, capsys):
+    images, ann = coco_subset(tmp_path, 2, lambda d: d["annotations"][0].update(category_id=999))
+    code = main(["train", "detect", "--model", "test_convnext", "--train-images", str(images), "--train-ann",
+                 str(ann), "--val-images", str(images), "--val-ann", str(ann), "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "unknown category id 999" in err and len(err.splitlines()) == 1
