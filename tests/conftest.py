@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-HYMENOPTERA = Path("/work/shared/data/hymenoptera")
+# shared/ sits beside the project checkout (developers and CI alike)
+HYMENOPTERA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera"
 
 
 def make_image_folder(root: Path, per_class: dict[str, int], size: int = 40) -> Path:

@@ -1,4 +1,4 @@
-"""Small real datasets for the detect / segment tests, cut from /work/shared/data (COCO 2017 photos)."""
+"""Small real datasets for the detect / segment tests, cut from ../shared/data (COCO 2017 photos)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 import yaml
 from PIL import Image
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"   # shared/ sits beside the checkout
 COCO = DATA / "coco128"
 COCO_ANN = COCO / "annotations" / "instances_train2017.json"
 SEMSEG = DATA / "coco128_semseg"
