@@ -145,7 +145,6 @@ def test_mask_rcnn_overfits_four_images(tmp_path):
         model="linglo_t", arch="maskrcnn", train_images=str(images), train_ann=str(ann), val_images=str(images),
         val_ann=str(ann), img_size=160, max_size=266, fpn_channels=64, epochs=12, batch_size=1, lr=1e-3,
         warmup_epochs=2, clip_grad=1.0, drop_path=0.0, workers=0, output=str(tmp_path / "run")))
-    print(f"best AP50 {summary['best']['val_bbox_AP50']:.1f}")
     assert summary["best"]["val_bbox_AP50"] > 10, summary["best"]
     first = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert first["status"] == "finished" and "val_segm_AP" in first["last"] and "val_bbox_APl" in first["last"]

@@ -144,7 +144,6 @@ def test_semantic_fpn_overfits_eight_images(tmp_path):
         constant.update(torch.full_like(m, int(counts.argmax())), m)
     chance = 100 * constant.compute()["mIoU"]
     last = summary["last"]
-    print(f"mIoU {last['val_mIoU']:.1f} vs constant {chance:.1f}")
     assert last["val_mIoU"] > max(3 * chance, 10), (last, chance)
     assert {"val_mIoU", "val_mAcc", "val_aAcc"} <= set(last)
     assert len(summary["val_detail"]["per_class_iou"]) > 10
