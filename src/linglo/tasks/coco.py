@@ -51,6 +51,16 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
         raise LingloError(f"cannot read image {path}: {e}") from e
 
 
+def readable_images(files, results: list):
+    """Yield (path, 3×H×W uint8 image) for each file; an unreadable one is recorded in `results`
+    as {"file", "error"} and skipped, so predicting over a folder never stops on one bad file."""
+    for path in files:
+        try:
+            yield path, read_image(path)
+        except LingloError as e:
+            results.append({"file": str(path), "error": str(e)})
+
+
 class CocoDetection(Dataset):
     """(image float 3×H×W in [0,1], target dict) pairs in torchvision detection format.
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.coco import CocoDetection, collate, read_image
+from linglo.tasks.coco import CocoDetection, collate, readable_images
 from linglo.tasks.coco_eval import coco_evaluate, to_coco_results
 from linglo.tasks.detectors import ARCHS, build_detector
 from linglo.tasks.layouts import backbone_weights, coco_paths
@@ -114,12 +114,7 @@ class DetectTask(Task):
         from linglo.tasks.dense_draw import draw_detections
         names = self.meta["class_names"]
         results = []
-        for path in files:
-            try:
-                image = read_image(path)  # 3×H×W uint8
-            except LingloError as e:
-                results.append({"file": str(path), "error": str(e)})
-                continue
+        for path, image in readable_images(files, results):  # image: 3×H×W uint8
             out = model([image.to(device).float().div(255)])[0]
             keep = out["scores"] >= self.cfg["score_thresh"]
             out = {k: v[keep].cpu() for k, v in out.items()}

@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.coco import read_image
+from linglo.tasks.coco import readable_images
 from linglo.tasks.layouts import backbone_weights, seg_classes_file, seg_paths
 from linglo.tasks.seg_data import IGNORE, LabelMap, SegmentationFolder
 from linglo.tasks.seg_heads import AUX_WEIGHT, HEADS, SegmentationModel
@@ -188,12 +188,7 @@ class SegmentTask(Task):
         resize = v2.Resize(size, max_size=4 * size, antialias=True)
         names, raw_ids = self.meta["class_names"], torch.tensor(self.meta["raw_ids"])
         results = []
-        for path in files:
-            try:
-                image = read_image(path)  # 3×H×W uint8
-            except LingloError as e:
-                results.append({"file": str(path), "error": str(e)})
-                continue
+        for path, image in readable_images(files, results):  # image: 3×H×W uint8
             H, W = image.shape[-2:]
             x = resize(image).to(device).float().div(255)
             pred = self.logits(model, x, (H, W)).argmax(1)[0].cpu()  # H×W train ids
