@@ -111,3 +111,16 @@ def test_linglo_cli_bad_input_exits_2_with_one_line(argv, message, capsys, tmp_p
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_model_specs_compare_variants_of_one_model_in_one_run(tmp_path):
+    """NAME[key=value,...] benches variants side by side, each row under its own spec."""
+    specs = ["linglo_t", "linglo_t[token_mixer=none]", "linglo_t[widths=(16,32,64,128)]"]
+    rows, _ = run_bench(BenchConfig(models=specs, resolutions=[32], warmup=1, repeats=2, throughput_batch=0,
+                                    memory=False, threads=1), log=lambda _: None)
+    params = {r["model"]: r["params_m"] for r in rows}
+    assert list(params) == specs
+    assert params["linglo_t[widths=(16,32,64,128)]"] < params["linglo_t[token_mixer=none]"] < params["linglo_t"]
+    with pytest.raises(LingloError, match=r"rejected its arguments"):
+        run_bench(BenchConfig(models=["linglo_t[no_such_arg=1]"], resolutions=[32]), log=lambda _: None)
+    assert deploy_args.split_top_level("linglo_t[a=1,b=2],convnext_atto") == ["linglo_t[a=1,b=2]", "convnext_atto"]

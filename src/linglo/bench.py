@@ -64,9 +64,11 @@ class BenchConfig:
 
 
 def expand_models(names: Sequence[str]) -> list[str]:
-    """'linglo_s+peers' -> linglo_s and its timm peers; names are checked against timm (close names suggested)."""
+    """'linglo_s+peers' -> linglo_s and its timm peers; names are checked against timm (close names suggested).
+
+    A name may carry model kwargs, 'linglo_t[token_mixer=softmax,window=3]', to compare variants of one model."""
     import linglo  # noqa: F401  registers the LinGlo family with timm
-    from linglo.tasks.model_names import check_model_name
+    from linglo.tasks.model_names import split_model_spec
 
     out: list[str] = []
     for name in names:
@@ -74,7 +76,7 @@ def expand_models(names: Sequence[str]) -> list[str]:
         if plus and base not in PEERS:
             raise LingloError(f"'{name}': '+peers' works for {', '.join(PEERS)} (their SPEC peers), got '{base}'")
         for n in (base, *PEERS[base]) if plus else (base,):
-            check_model_name(n)
+            split_model_spec(n)
             if n not in out:
                 out.append(n)
     if not out:
@@ -86,7 +88,8 @@ def unsupported_reason(name: str, res: int) -> str | None:
     """Why `name` cannot take a res×res input, known from its timm config before running it; None if it can."""
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(name)
+    from linglo.tasks.model_names import split_model_spec
+    cfg = timm.models.get_pretrained_cfg(split_model_spec(name)[0])
     if cfg is not None and cfg.fixed_input_size:
         h, w = cfg.input_size[-2:]
         if (res, res) != (h, w):
@@ -211,6 +214,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     """Measure every (model, resolution); returns (rows, environment). See the module docstring."""
     import timm
 
+    from linglo.tasks.model_names import split_model_spec
+
     _check(cfg)
     device = _device(cfg)
     names = expand_models(cfg.models)
@@ -236,7 +241,12 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     models: dict[str, torch.nn.Module] = {}
     runners: dict[str, Callable] = {}
     for name in dict.fromkeys(n for ns in plan.values() for n in ns):
-        model = timm.create_model(name, pretrained=False, **cfg.extra).eval().to(device, memory_format=fmt)
+        base, kwargs = split_model_spec(name)
+        try:
+            model = timm.create_model(base, pretrained=False, **{**cfg.extra, **kwargs})
+        except (TypeError, ValueError) as e:
+            raise LingloError(f"model '{name}' rejected its arguments: {e}") from None
+        model = model.eval().to(device, memory_format=fmt)
         models[name] = model
         runners[name] = torch.compile(model) if cfg.compile else model
 
@@ -374,6 +384,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, env: dict[str, Any]) -> Non
 
 def print_tables(rows: Sequence[dict[str, Any]], ratios: Sequence[dict[str, Any]], env: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -386,9 +397,9 @@ def print_tables(rows: Sequence[dict[str, Any]], ratios: Sequence[dict[str, Any]
         table.add_column(h, justify="left" if h in ("model", "note") else "right", overflow="fold")
     for r in rows:
         tput = f"{r['throughput_img_s']:.3g} ({r['throughput_batch']})" if r.get("throughput_img_s") else ""
-        table.add_row(r["model"], str(r["resolution"]), _fmt(r.get("params_m")), _fmt(r.get("gmacs")),
+        table.add_row(escape(r["model"]), str(r["resolution"]), _fmt(r.get("params_m")), _fmt(r.get("gmacs")),
                       _fmt(r.get("latency_ms")), _fmt(r.get("latency_iqr_ms")), tput, _fmt(r.get("peak_mem_mb")),
-                      _fmt(r.get("latency_exponent")), _fmt(r.get("memory_exponent")), r.get("note") or "")
+                      _fmt(r.get("latency_exponent")), _fmt(r.get("memory_exponent")), escape(r.get("note") or ""))
     console.print(table)
     if ratios:
         rt = Table(title="LinGlo / peer (same run; < 1 = LinGlo faster / leaner)")

@@ -168,3 +168,43 @@ def test_models_table(capsys):
         pytest.skip("linglo.models.describe_family is not there yet")
     assert main(["models"]) == 0
     assert "linglo_t" in capsys.readouterr().out
+
+
+def test_model_kwargs_build_the_variant_and_eval_rebuilds_it(tiny_folder_session, tmp_path, capsys):
+    """--model-kwargs reach timm.create_model, are kept in the checkpoint, and eval rebuilds the same model."""
+    tiny = list(TINY)
+    tiny[tiny.index("--model") + 1] = "linglo_t"
+    runs = {}
+    for name, extra in (("plain", []), ("variant", ["--model-kwargs", "token_mixer=none", "widths=(16,32,64,128)"])):
+        runs[name] = tmp_path / name
+        assert main(["train", "--data", str(tiny_folder_session), *tiny, "--no-ema", *extra,
+                     "--output", str(runs[name])]) == 0
+    plain, variant = (json.loads((runs[n] / "summary.json").read_text()) for n in ("plain", "variant"))
+    assert variant["config"]["model_kwargs"] == {"token_mixer": "none", "widths": [16, 32, 64, 128]}
+    assert variant["params"] < plain["params"] / 2                      # narrower, no attention: a smaller model
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(runs["variant"] / "last.pt"), "--output", str(out)]) == 0
+    metrics = json.loads((out / "eval.json").read_text())["metrics"]
+    assert metrics["top1"] == pytest.approx(variant["last"]["val_top1"])
+    capsys.readouterr()
+    assert "rejected its arguments" in error_of(["train", "--data", str(tiny_folder_session), *tiny,
+                                                 "--model-kwargs", "no_such_arg=1", "--output", str(tmp_path / "x")],
+                                                capsys)
+    assert "KEY=VALUE" in error_of(["train", "--data", str(tiny_folder_session), *tiny, "--model-kwargs", "window",
+                                    "--output", str(tmp_path / "y")], capsys)
+
+
+def test_an_error_from_a_dataloader_worker_stays_one_line():
+    """torch re-raises a worker's error with the worker traceback in its message; the CLI prints the original line."""
+    from torch._utils import ExceptionWrapper
+
+    from linglo.cli.main import one_line
+    from linglo.errors import LingloError
+    try:
+        raise LingloError("image 'a.png': mask is 10x10, expected 12x12")
+    except LingloError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")
+    with pytest.raises(LingloError) as info:
+        wrapped.reraise()
+    assert "\n" in str(info.value)
+    assert one_line(info.value) == "image 'a.png': mask is 10x10, expected 12x12"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from linglo.errors import LingloError
+from linglo.tasks.model_names import split_top_level
 
 COMMANDS = ("bench", "export")
 
@@ -44,9 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "warm-up: latency median/IQR at batch 1, throughput at a larger batch, peak "
                                    "memory, params, GMACs; writes a table, bench.csv, bench.png (log-log vs "
                                    "pixels with fitted exponents) and ratios.csv (LinGlo / SPEC peers).")
-    p.add_argument("--models", required=True, type=lambda t: [m for m in t.replace(" ", "").split(",") if m],
+    p.add_argument("--models", required=True, type=split_top_level,
                    help="comma-separated timm names; NAME+peers adds a LinGlo variant's SPEC peers "
-                        "(e.g. linglo_t+peers,linglo_xs)")
+                        "(e.g. linglo_t+peers,linglo_xs); NAME[key=value,...] passes model kwargs, to compare "
+                        "variants (e.g. 'linglo_t[token_mixer=softmax],linglo_t[window=3]')")
     p.add_argument("--resolutions", default=[224], type=lambda t: _ints(t, "--resolutions"),
                    help="square input sizes, comma-separated (default: 224)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")

@@ -127,12 +127,22 @@ def run(argv: Sequence[str]) -> int:
     return 0
 
 
+def one_line(e: LingloError) -> str:
+    """The error's own message: an error raised in a DataLoader worker arrives wrapped in "Caught LingloError in
+    DataLoader worker process N. Original Traceback ..."; keep only the original message after its type name."""
+    text = str(e)
+    if "\n" in text:
+        marker = f"{type(e).__name__}: "
+        text = text.rsplit(marker, 1)[-1] if marker in text else text
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point; returns the exit code (2 for bad input, 130 when interrupted)."""
     try:
         return run(sys.argv[1:] if argv is None else argv)
     except LingloError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)

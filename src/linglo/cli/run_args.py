@@ -8,7 +8,16 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
+from linglo.tasks.model_names import parse_kwargs
+
 S = argparse.SUPPRESS
+
+
+class ParseKwargs(argparse.Action):
+    """`--model-kwargs window=3 token_mixer=softmax` -> {"window": 3, "token_mixer": "softmax"} (timm's spelling)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, parse_kwargs(values, option_string))
 
 
 def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any]) -> None:
@@ -16,6 +25,9 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
     g = p.add_argument_group("run")
     if command in ("train", "demo"):
         g.add_argument("--model", default=S, help=f"any timm model name, LinGlo or a peer (default: {d['model']})")
+        g.add_argument("--model-kwargs", nargs="+", action=ParseKwargs, default=S, metavar="KEY=VALUE",
+                       help="extra timm.create_model arguments, e.g. --model-kwargs token_mixer=softmax window=3 "
+                            "(kept in the checkpoint, so eval/predict/resume rebuild the same model)")
     if command == "train":
         g.add_argument("--data", default=S, help="dataset folder or built-in name ('default': the embedded "
                                                  "object/person set)")
@@ -29,7 +41,8 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
     if command in ("train", "demo"):
         g.add_argument("--epochs", type=int, default=S, help=f"(default: {d['epochs']})")
     g.add_argument("--batch-size", "-b", type=int, default=S, help=f"images per process (default: {d['batch_size']})")
-    g.add_argument("--img-size", type=int, default=S, help=f"square input size in pixels (default: {d['img_size']})")
+    g.add_argument("--img-size", type=int, default=S, help=f"input size in pixels: classification the square crop, detection the shorter side, "
+                        f"segmentation the training crop and the eval shorter side (default: {d['img_size']})")
     if command in ("train", "demo"):
         g.add_argument("--lr", type=float, default=S,
                        help=f"peak learning rate (default: {d['lr_base']:g} x global batch / {d['lr_base_size']})")

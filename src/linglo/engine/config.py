@@ -16,6 +16,7 @@ from linglo.errors import LingloError
 ENGINE_DEFAULTS: dict[str, Any] = {
     "task": "classify",
     "model": None,            # the task's default
+    "model_kwargs": {},       # extra timm.create_model arguments, e.g. {"window": 3} (timm's --model-kwargs)
     "data": None,
     "output": None,           # runs/<task>-<model>
     "epochs": 300,

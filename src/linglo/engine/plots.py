@@ -26,7 +26,8 @@ def plot_history(rows: Sequence[Mapping[str, Any]], out_dir: Path, primary: str)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes[2].set_yscale("log")
+    if all(r.get("lr", 0) > 0 for r in rows):   # a schedule that ends at lr 0 has no log scale
+        axes[2].set_yscale("log")
     fig.subplots_adjust(left=0.05, right=0.98, bottom=0.13, top=0.9, wspace=0.25)
     path = out_dir / "curves.png"
     atomic_savefig(fig, path, dpi=100)

@@ -86,7 +86,10 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, c, hh, ww = x.shape
-        q, k, v = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, hh * ww).transpose(-1, -2).unbind(1)
+        qkv = self.qkv(x).reshape(b, 3, self.heads, c // self.heads, hh * ww)
+        # (B, h, N, d) each, d contiguous: SDPA's fused (flash / memory-efficient) kernels need a unit-stride last
+        # dim; strided views fall back to the math kernel, which materialises the N×N scores
+        q, k, v = qkv.transpose(-1, -2).contiguous().unbind(1)
         attn_mask = None if mask is None else mask.reshape(b, 1, 1, hh * ww)   # keys only
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)       # (B, h, N, d)
         return self.proj_out(out.transpose(-1, -2).reshape(b, c, hh, ww))

@@ -90,9 +90,11 @@ class LinGlo(nn.Module):
         self.layout, self.token_mixer = layout, token_mixer
         mixer_kwargs = dict(window=window, axial=axial, global_term=global_term, query_gate=query_gate, gate=gate)
         self.stem = Stem(in_chans, widths[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).split(list(depths))
+        n = sum(depths)   # drop-path rate rising linearly over all blocks (plain floats: works on the meta device)
+        rates = [drop_path_rate * j / max(n - 1, 1) for j in range(n)]
+        dpr = [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
         self.stages = nn.Sequential(*(
-            LinGloStage(widths[max(i - 1, 0)], widths[i], i > 0, block_kinds(layout, i, depths[i]), dpr[i].tolist(),
+            LinGloStage(widths[max(i - 1, 0)], widths[i], i > 0, block_kinds(layout, i, depths[i]), dpr[i],
                         mlp_ratio=mlp_ratio, ls_init=ls_init, conv_kernel=conv_kernel, token_mixer=token_mixer,
                         head_dim=head_dim, mixer_kwargs=mixer_kwargs)
             for i in range(4)))

@@ -116,7 +116,7 @@ class ClassifyTask(Task):
     # ---- model and loss ---------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         c = self.cfg
-        kwargs: dict[str, Any] = {"num_classes": self.meta["num_classes"]}
+        kwargs: dict[str, Any] = {**c["model_kwargs"], "num_classes": self.meta["num_classes"]}
         if c["drop_path"]:
             kwargs["drop_path_rate"] = c["drop_path"]
         pcfg = timm.models.get_pretrained_cfg(c["model"])
@@ -124,8 +124,8 @@ class ClassifyTask(Task):
             kwargs["img_size"] = c["img_size"]
         try:
             return timm.create_model(c["model"], pretrained=False, **kwargs)
-        except TypeError as e:
-            raise LingloError(f"model '{c['model']}' rejected its arguments {sorted(kwargs)}: {e}") from e
+        except (TypeError, ValueError) as e:
+            raise LingloError(f"model '{c['model']}' rejected its arguments {kwargs}: {e}") from e
 
     def _criterion(self) -> nn.Module:
         if self._mixup_on():

@@ -81,7 +81,8 @@ class DetectTask(Task):
         c = self.cfg
         return build_detector(c["model"], c["arch"], self.meta["num_classes"], min_size=c["img_size"],
                               max_size=c["max_size"], fpn_channels=c["fpn_channels"], drop_path_rate=c["drop_path"],
-                              pretrained_path=backbone_weights(c, self.datasets), score_thresh=EVAL_SCORE_THRESH)
+                              pretrained_path=backbone_weights(c, self.datasets), score_thresh=EVAL_SCORE_THRESH,
+                              model_kwargs=c["model_kwargs"])
 
     def to_batch(self, raw: Any, device: torch.device, train: bool) -> Batch:
         images, targets = raw

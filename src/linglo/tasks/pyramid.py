@@ -7,6 +7,7 @@ not by index, because models differ in whether their first feature is at stride 
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, Mapping
 
 import timm
 import torch
@@ -20,14 +21,14 @@ from linglo.tasks.model_names import check_model_name
 STRIDES = (4, 8, 16, 32)
 
 
-def check_weights(name: str, path: str) -> None:
+def check_weights(name: str, path: str, model_kwargs: Mapping[str, Any] | None = None) -> None:
     """Refuse a weights file (a timm / `linglo train` checkpoint) that does not hold every backbone
     tensor of `name` — timm's own loader would skip missing keys silently when it drops a classifier."""
     try:
         state = timm.models.load_state_dict(str(path))
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise LingloError(f"cannot read backbone weights '{path}': {type(e).__name__}: {e}") from e
-    wanted = timm.create_model(name, num_classes=0).state_dict()
+    wanted = timm.create_model(name, num_classes=0, **(model_kwargs or {})).state_dict()
     fit = sum(1 for k, v in wanted.items() if k in state and state[k].shape == v.shape)
     if fit < len(wanted):
         raise LingloError(f"backbone weights '{path}' do not fit model '{name}': {fit} of {len(wanted)} "
@@ -45,15 +46,15 @@ class Pyramid(nn.Module):
     """timm backbone returning the maps at `strides` (a list, finest first); `channels` per map."""
 
     def __init__(self, name: str, strides: tuple[int, ...] = STRIDES, drop_path_rate: float = 0.0,
-                 pretrained_path: str | None = None):
+                 pretrained_path: str | None = None, model_kwargs: Mapping[str, Any] | None = None):
         super().__init__()
         check_model_name(name)
         if pretrained_path:
-            check_weights(name, pretrained_path)
-        kwargs = dict(drop_path_rate=drop_path_rate) if drop_path_rate else {}
+            check_weights(name, pretrained_path, model_kwargs)
+        kwargs = dict(model_kwargs or {}, **(dict(drop_path_rate=drop_path_rate) if drop_path_rate else {}))
         try:
             body = _create(name, pretrained_path, **kwargs)
-        except (RuntimeError, TypeError, AttributeError) as e:
+        except (RuntimeError, TypeError, ValueError, AttributeError) as e:
             raise LingloError(f"model '{name}' cannot be built as a features_only backbone: {e}") from e
         info = body.feature_info
         reductions = info.reduction()

@@ -11,6 +11,7 @@ Widths default to the recipes' (FPN 256 / head 128; UPerNet 512); tiny tests pas
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -101,9 +102,11 @@ class SegmentationModel(nn.Module):
     {'out': B×K×H×W} (+ 'aux' in training for UPerNet)."""
 
     def __init__(self, model: str, head: str, num_classes: int, channels: int | None = None,
-                 drop_path_rate: float = 0.0, pretrained_path: str | None = None):
+                 drop_path_rate: float = 0.0, pretrained_path: str | None = None,
+                 model_kwargs: Mapping[str, Any] | None = None):
         super().__init__()
-        self.backbone = Pyramid(model, drop_path_rate=drop_path_rate, pretrained_path=pretrained_path)
+        self.backbone = Pyramid(model, drop_path_rate=drop_path_rate, pretrained_path=pretrained_path,
+                                model_kwargs=model_kwargs)
         if head == "fpn":
             self.head = SemanticFPNHead(self.backbone.channels, num_classes, channels or 256)
         elif head == "upernet":

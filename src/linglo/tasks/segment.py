@@ -116,7 +116,8 @@ class SegmentTask(Task):
     def build_model(self) -> nn.Module:
         c = self.cfg
         return SegmentationModel(c["model"], c["head"], self.meta["num_classes"], channels=c["head_channels"],
-                                 drop_path_rate=c["drop_path"], pretrained_path=backbone_weights(c, self.datasets))
+                                 drop_path_rate=c["drop_path"], pretrained_path=backbone_weights(c, self.datasets),
+                                 model_kwargs=c["model_kwargs"])
 
     def to_batch(self, raw: Any, device: torch.device, train: bool) -> Batch:
         images, masks = raw  # B×3×H×W and B×H×W, or lists of differently sized items
