@@ -132,13 +132,6 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
     return peak
 
 
-def _gmacs(model: torch.nn.Module, x: torch.Tensor) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() / 2e9
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:200]
@@ -214,6 +207,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     """Measure every (model, resolution); returns (rows, environment). See the module docstring."""
     import timm
 
+    from linglo.models import count_gmacs
     from linglo.tasks.model_names import split_model_spec
 
     _check(cfg)
@@ -266,7 +260,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
                 model = models[name]
                 cell.row.update(params_m=sum(p.numel() for p in model.parameters()) / 1e6)
                 try:
-                    cell.row["gmacs"] = _gmacs(model, x1)
+                    cell.row["gmacs"] = count_gmacs(model, example=x1)
                     for _ in range(max(cfg.warmup, 1)):
                         cell.forward(x1)
                 except (RuntimeError, ValueError, AssertionError) as e:
