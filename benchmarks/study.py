@@ -10,7 +10,8 @@ Studies (SPEC claims in brackets):
             arm is set so its backbone has the key-only backbone's parameters (claims 1-2)
     layout  alternate vs graft, same blocks, depth and width (claim 4)
     window  window 7 / 3 / 1 / 0 (global only), axial 7 vs square 7, with and without the global term (claim 2)
-    peers   linglo_t vs the timm peers of its size row, same command (claim 5 at this scale)
+    peers   linglo_t vs the timm peers of its size row, same command (claim 5 at this scale); peers_xs, peers_s,
+            peers_m: the other size rows
     cost    latency and peak memory of each mixer inside linglo_t against resolution (claim 3)
 Trained studies run classification on hymenoptera and (mixer, layout, peers) Semantic FPN segmentation on
 coco128_semseg, from ../shared/data (or --data). Every arm gets the same recipe, budget and seeds; an arm that
@@ -82,11 +83,23 @@ STUDIES: dict[str, Study] = {
                     (arm("7x7 + global"), arm("3x3 + global", window=3), arm("1x1 + global", window=1),
                      arm("global only", window=0), arm("7 axial + global", axial=True),
                      arm("7x7, no global", global_term=False))),
-    "peers": Study("linglo_t vs the timm peers of its size row, same command", ("classify", "segment"),
-                   (arm("linglo_t"), arm("edgenext_x_small", "edgenext_x_small"), arm("convnext_atto", "convnext_atto"))),
 }
-TRAINED = tuple(STUDIES)
-ALL = (*TRAINED, "cost")
+
+
+def _peer_study(variant: str) -> Study:
+    """A LinGlo variant vs the timm peers of its SPEC size row (those that take any input size: the study trains
+    at the budget's size, and timm builds efficientformerv2 / swin for 224² only)."""
+    import timm
+
+    from linglo.bench import PEERS
+    peers = [m for m in PEERS[variant] if not timm.models.get_pretrained_cfg(m).fixed_input_size]
+    return Study(f"{variant} vs the timm peers of its size row, same command", ("classify", "segment"),
+                 (arm(variant, variant), *(arm(m, m) for m in peers)))
+
+
+STUDIES.update({"peers" if v == "linglo_t" else f"peers_{v[len('linglo_'):]}": _peer_study(v)
+                for v in ("linglo_t", "linglo_xs", "linglo_s", "linglo_m")})
+ALL = (*STUDIES, "cost")
 
 # Per budget: seeds, images kept per class / split (None = all), the size images are resized to (shorter
 # side; None = keep), each task's `linglo train` recipe, and the cost study's resolutions.
@@ -96,7 +109,7 @@ BUDGETS: dict[str, dict[str, Any]] = {
                          "aa": "none", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0},
             "segment": {"img_size": 64, "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0,
                         "head_channels": 16}},
-    "small": {"seeds": 3, "limit": None, "prep": {"classify": 73, "segment": 128}, "cost": [128, 256, 512, 1024],
+    "small": {"seeds": 3, "limit": None, "all": ("mixer", "layout", "window", "peers", "peers_xs", "cost"), "prep": {"classify": 73, "segment": 128}, "cost": [128, 256, 512, 1024],
               "classify": {"img_size": 64, "epochs": 40, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 3,
                            "aa": "none", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.05},
               "segment": {"img_size": 128, "epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2,
@@ -389,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=None, help="run folders (default: runs/study/BUDGET)")
     p.add_argument("--results", type=Path, default=None, help="tables and plots (default: docs/study/BUDGET)")
     args = p.parse_args(argv)
-    names = ALL if args.study == "all" else (args.study,)
+    names = BUDGETS[args.budget].get("all", ALL) if args.study == "all" else (args.study,)
     seeds = args.seeds or BUDGETS[args.budget]["seeds"]
     if seeds < 1 or args.jobs < 1:
         p.error("--seeds and --jobs must be >= 1")

@@ -40,3 +40,14 @@ def test_unknown_name_suggests_close_ones():
     import linglo  # noqa: F401
     with pytest.raises(LingloError, match="did you mean: .*linglo_t"):
         check_model_name("linglo_tt")
+
+
+def test_create_model_leaves_out_recipe_arguments_the_model_does_not_take(capsys):
+    """EfficientViT-B has no drop_path_rate: the recipe's drop path is left out with a warning, not a crash;
+    an argument that is not optional still fails."""
+    from linglo.tasks.model_names import create_model
+    model = create_model("efficientvit_b0", {"drop_path_rate": 0.1}, num_classes=3)
+    assert model.num_classes == 3
+    assert "takes no 'drop_path_rate'" in capsys.readouterr().out
+    with pytest.raises(TypeError):
+        create_model("efficientvit_b0", {"drop_path_rate": 0.1}, no_such_arg=1)

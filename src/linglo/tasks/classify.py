@@ -24,7 +24,7 @@ from torch import nn
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
 from linglo.tasks.image_folder import CheckedImageFolder, split_dir
-from linglo.tasks.model_names import check_model_name
+from linglo.tasks.model_names import check_model_name, create_model
 from linglo.tasks.posterize_guard import guard_posterize
 
 BUILTIN_DATASETS = {"default": "assets/default_dataset"}
@@ -117,13 +117,12 @@ class ClassifyTask(Task):
     def build_model(self) -> nn.Module:
         c = self.cfg
         kwargs: dict[str, Any] = {**c["model_kwargs"], "num_classes": self.meta["num_classes"]}
-        if c["drop_path"]:
-            kwargs["drop_path_rate"] = c["drop_path"]
+        optional = {"drop_path_rate": c["drop_path"]} if c["drop_path"] else {}
         pcfg = timm.models.get_pretrained_cfg(c["model"])
         if pcfg is not None and pcfg.fixed_input_size:
             kwargs["img_size"] = c["img_size"]
         try:
-            return timm.create_model(c["model"], pretrained=False, **kwargs)
+            return create_model(c["model"], optional, pretrained=False, **kwargs)
         except (TypeError, ValueError) as e:
             raise LingloError(f"model '{c['model']}' rejected its arguments {kwargs}: {e}") from e
 

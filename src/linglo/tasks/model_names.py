@@ -1,11 +1,12 @@
 """Model names and their constructor arguments: check a name against timm's registry (suggesting close
-names), parse timm-style `key=value` model kwargs, and split a model spec "name[key=value,...]"."""
+names), parse timm-style `key=value` model kwargs, split a model spec "name[key=value,...]", and build a
+model with recipe arguments it may not take (drop path)."""
 from __future__ import annotations
 
 import ast
 import difflib
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import timm
 
@@ -66,3 +67,18 @@ def split_model_spec(spec: str) -> tuple[str, dict[str, Any]]:
     check_model_name(name)
     items = split_top_level(inner or "")
     return name, parse_kwargs(items, what=f"model spec {spec!r}")
+
+
+def create_model(name: str, optional: Mapping[str, Any], **kwargs: Any):
+    """timm.create_model(name, **optional, **kwargs); recipe arguments in `optional` that the model's constructor
+    does not take (EfficientViT-B has no drop_path_rate) are dropped with a warning instead of failing."""
+    optional = dict(optional)
+    while True:
+        try:
+            return timm.create_model(name, **optional, **kwargs)
+        except TypeError as e:
+            unknown = next((k for k in optional if f"'{k}'" in str(e)), None)
+            if unknown is None:
+                raise
+            print(f"warning: model '{name}' takes no '{unknown}'; it is left out")
+            optional.pop(unknown)

@@ -16,7 +16,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from linglo.errors import LingloError
-from linglo.tasks.model_names import check_model_name
+from linglo.tasks.model_names import check_model_name, create_model
 
 STRIDES = (4, 8, 16, 32)
 
@@ -35,11 +35,12 @@ def check_weights(name: str, path: str, model_kwargs: Mapping[str, Any] | None =
                           "tensors match (a checkpoint of another model?)")
 
 
-def _create(name: str, pretrained_path: str | None, **kwargs) -> nn.Module:
+def _create(name: str, pretrained_path: str | None, drop_path_rate: float, **kwargs) -> nn.Module:
     """timm.create_model with a features_only head; weights only ever from a local file."""
     if pretrained_path:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(pretrained_path)))
-    return timm.create_model(name, features_only=True, **kwargs)
+    optional = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+    return create_model(name, optional, features_only=True, **kwargs)
 
 
 class Pyramid(nn.Module):
@@ -51,7 +52,7 @@ class Pyramid(nn.Module):
         check_model_name(name)
         if pretrained_path:
             check_weights(name, pretrained_path, model_kwargs)
-        kwargs = dict(model_kwargs or {}, **(dict(drop_path_rate=drop_path_rate) if drop_path_rate else {}))
+        kwargs = dict(model_kwargs or {}, drop_path_rate=drop_path_rate)
         try:
             body = _create(name, pretrained_path, **kwargs)
         except (RuntimeError, TypeError, ValueError, AttributeError) as e:
