@@ -39,7 +39,7 @@ import shutil
 import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -221,13 +221,12 @@ def train_one(task: str, cfg: dict[str, Any]) -> dict[str, Any]:
         return train(task, cli_cfg=cfg, console=Console(file=log, width=120, force_terminal=False))
 
 
-def plan_runs(studies: Sequence[str], budget: str, seeds: int, data: Mapping[str, Path], runs: Path,
+def plan_runs(studies: Sequence[Study], budget: str, seeds: int, data: Mapping[str, Path], runs: Path,
               device: str) -> dict[Path, tuple[str, dict[str, Any]]]:
     """Every (task, arm, seed) the studies need, keyed by run folder (shared arms appear once)."""
     b = BUDGETS[budget]
     jobs: dict[Path, tuple[str, dict[str, Any]]] = {}
-    for name in studies:
-        study = STUDIES[name]
+    for study in studies:
         for a in resolve_arms(study):
             for task in study.tasks:
                 for seed in range(seeds):
@@ -299,9 +298,8 @@ def measure_costs(specs: Sequence[str], res: int, device: str) -> dict[str, dict
     return {r["model"]: r for r in rows}
 
 
-def collect(name: str, budget: str, seeds: int, runs: Path, device: str) -> list[dict[str, Any]]:
+def collect(name: str, study: Study, budget: str, seeds: int, runs: Path, device: str) -> list[dict[str, Any]]:
     """One row per (task, arm): metrics over seeds, params, GMACs and latency, and the reading vs the baseline."""
-    study = STUDIES[name]
     arms = resolve_arms(study)
     cost_res = 224 if budget != "toy" else 64
     costs = measure_costs([a.spec for a in arms], cost_res, device)
@@ -395,6 +393,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("study", choices=(*ALL, "all"))
     p.add_argument("--budget", choices=tuple(BUDGETS), default="small")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the budget's)")
+    p.add_argument("--tasks", nargs="+", choices=tuple(METRICS), default=tuple(METRICS),
+                   help="train only these tasks of each study (default: all of them)")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (CPU: one per core, 1 thread each)")
     p.add_argument("--threads", type=int, default=None, help="threads per run (default: cores / jobs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -409,24 +409,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = args.runs or Path("runs/study") / args.budget
     results = args.results or Path("docs/study") / args.budget
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    trained = [n for n in names if n in STUDIES]
+    studies = {n: replace(STUDIES[n], tasks=tuple(t for t in STUDIES[n].tasks if t in args.tasks))
+               for n in names if n in STUDIES}
+    studies = {n: s for n, s in studies.items() if s.tasks}
 
     b = BUDGETS[args.budget]
-    tasks = sorted({t for n in trained for t in STUDIES[n].tasks})
+    tasks = sorted({t for s in studies.values() for t in s.tasks})
     data = {t: prepare_data(t, args.data / DATASETS[t], runs / "data", b["prep"][t], b["limit"]) for t in tasks}
-    failures = execute(plan_runs(trained, args.budget, seeds, data, runs, args.device), args.jobs, threads)
+    failures = execute(plan_runs(list(studies.values()), args.budget, seeds, data, runs, args.device), args.jobs,
+                       threads)
     if failures:
         print("error: some runs failed (rerun the same command to retry them):\n  " + "\n  ".join(failures),
               file=sys.stderr)
         return 1
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
-    for name in trained:
-        s = STUDIES[name]
+    for name, s in studies.items():
         header = (f"### {name}: {s.claim}\n\nBudget `{args.budget}`, {seeds} seed(s), device {args.device}; "
                   f"recipe per task: " + "; ".join(f"{t}: `{json.dumps(b[t])}`" for t in s.tasks)
-                  + f". Command: `python benchmarks/study.py {name} --budget {args.budget} --jobs {args.jobs}`.")
-        write_results(name, collect(name, args.budget, seeds, runs, args.device), results / name, header)
+                  + f". Command: `python benchmarks/study.py {name} --budget {args.budget} --jobs {args.jobs}"
+                  + (f" --seeds {args.seeds}" if args.seeds else "")
+                  + (f" --tasks {' '.join(args.tasks)}" if tuple(args.tasks) != tuple(METRICS) else "")
+                  + (f" --results {args.results}" if args.results else "") + "`.")
+        write_results(name, collect(name, s, args.budget, seeds, runs, args.device), results / name, header)
         print(f"{name}: wrote {results / name}/results.md, results.csv, results.png")
     if "cost" in names:
         run_cost(args.budget, args.device, results / "cost")
