@@ -102,14 +102,16 @@ STUDIES.update({"peers" if v == "linglo_t" else f"peers_{v[len('linglo_'):]}": _
 ALL = (*STUDIES, "cost")
 
 # Per budget: seeds, images kept per class / split (None = all), the size images are resized to (shorter
-# side; None = keep), each task's `linglo train` recipe, and the cost study's resolutions.
+# side; None = keep), each task's `linglo train` recipe, the cost study's resolutions, and which studies
+# `all` runs (default: every one).
 BUDGETS: dict[str, dict[str, Any]] = {
     "toy": {"seeds": 1, "limit": 4, "prep": {"classify": 40, "segment": 64}, "cost": [32, 64],
             "classify": {"img_size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0,
                          "aa": "none", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0},
             "segment": {"img_size": 64, "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0,
                         "head_channels": 16}},
-    "small": {"seeds": 3, "limit": None, "all": ("mixer", "layout", "window", "peers", "peers_xs", "cost"), "prep": {"classify": 73, "segment": 128}, "cost": [128, 256, 512, 1024],
+    "small": {"seeds": 3, "limit": None, "all": ("mixer", "layout", "window", "peers", "peers_xs", "cost"),
+              "prep": {"classify": 73, "segment": 128}, "cost": [128, 256, 512, 1024],
               "classify": {"img_size": 64, "epochs": 40, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 3,
                            "aa": "none", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.05},
               "segment": {"img_size": 128, "epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2,

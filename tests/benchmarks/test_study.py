@@ -86,9 +86,8 @@ def test_rerun_reads_finished_runs_back_and_an_unfinished_run_resumes(toy, tmp_p
     # a run whose plan has more epochs than its last.pt: it resumes from there (as after an interruption)
     cut = tmp_path / "cut"
     shutil.copytree(finished, cut)
-    task, cfg = study.plan_runs([study.STUDIES["layout"]], "toy", 1, {"classify": runs / "data" / "hymenoptera-40-first4",
-                                                       "segment": runs / "data" / "coco128_semseg-64-first4"},
-                                runs, "cpu")[finished]
+    data = {"classify": runs / "data" / "hymenoptera-40-first4", "segment": runs / "data" / "coco128_semseg-64-first4"}
+    task, cfg = study.plan_runs([study.STUDIES["layout"]], "toy", 1, data, runs, "cpu")[finished]
     summary = study.train_one(task, {**cfg, "epochs": 2, "output": str(cut)})
     assert summary["epochs_done"] == 2 and "resuming after epoch 1" in (cut / "train.log").read_text()
 

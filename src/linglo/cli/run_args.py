@@ -41,7 +41,8 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
     if command in ("train", "demo"):
         g.add_argument("--epochs", type=int, default=S, help=f"(default: {d['epochs']})")
     g.add_argument("--batch-size", "-b", type=int, default=S, help=f"images per process (default: {d['batch_size']})")
-    g.add_argument("--img-size", type=int, default=S, help=f"input size in pixels: classification the square crop, detection the shorter side, "
+    g.add_argument("--img-size", type=int, default=S,
+                   help=f"input size in pixels: classification the square crop, detection the shorter side, "
                         f"segmentation the training crop and the eval shorter side (default: {d['img_size']})")
     if command in ("train", "demo"):
         g.add_argument("--lr", type=float, default=S,
