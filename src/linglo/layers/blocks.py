@@ -5,7 +5,6 @@ convolutions see them as zero padding and attention gives them no weight.
 """
 from __future__ import annotations
 
-import torch
 from timm.layers import DropPath, LayerScale2d
 from torch import Tensor, nn
 
