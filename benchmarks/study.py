@@ -157,8 +157,8 @@ def prepare_data(task: str, src: Path, dst_root: Path, short: int | None, limit:
         for split in ("train2017", "val2017"):
             for m in sorted((src / "masks" / split).glob("*.png"))[:limit]:
                 _resize(m, tmp / "masks" / split / m.name, short, nearest=True)
-                _resize(src / "images" / split / (m.stem + ".jpg"), tmp / "images" / split / (m.stem + ".png"),
-                        short, nearest=False)
+                image = next((src / "images" / split).glob(m.stem + ".*"))   # .jpg (COCO) or another format
+                _resize(image, tmp / "images" / split / (m.stem + ".png"), short, nearest=False)
         shutil.copy(src / "classes.yaml", tmp / "classes.yaml")
     os.replace(tmp, dst)
     return dst
