@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from linglo.bench import environment, fit_exponent, peak_bytes, synchronize
+from linglo.bench import environment, fit_exponent, loglog_axes, peak_bytes, synchronize
 from linglo.ops import key_only_attention, key_only_attention_axial
 from linglo.ops import key_only as key_only_module
 
@@ -157,12 +157,7 @@ def plot(rows: list[dict], summary: dict, env: dict, path: Path) -> None:
                 e = summary["exponents"][mixer]["time" if key == "time_ms" else "memory"]
                 ax.plot(*zip(*pts), "-" if mixer.startswith("key_only") else "--", marker="o",
                         label=mixer + (f" (exp {e:.2f})" if e is not None else ""))
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("tokens (H·W)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        loglog_axes(ax, "tokens (H·W)", label, legend_size=8)
     fig.suptitle(f"{env['device']} · {env['threads']} threads · fp32 · batch 1 · C={env['channels']}, "
                  f"{env['heads']} heads, window {env['window']} · torch {env['torch']}", fontsize=9)
     fig.tight_layout()

@@ -40,6 +40,7 @@ import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -177,9 +178,11 @@ def backbone_params(arm: Arm, mlp_ratio: float | None = None) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+@lru_cache(maxsize=None)
 def resolve_arms(study: Study) -> tuple[Arm, ...]:
     """Arms with equal_params get the mlp_ratio (a multiple of 1/64) that brings their backbone closest to the
-    baseline's parameter count; the count grows with the ratio, so bisection finds it."""
+    baseline's parameter count; the count grows with the ratio, so bisection finds it (once per study: planning
+    and reading both ask)."""
     target = backbone_params(study.arms[0])
     out = []
     for a in study.arms:

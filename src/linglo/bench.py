@@ -33,7 +33,7 @@ from linglo.atomic import atomic_savefig, atomic_write_text
 from linglo.errors import LingloError
 
 __all__ = ["BenchConfig", "PEERS", "expand_models", "unsupported_reason", "run_bench", "fit_exponent", "peak_bytes",
-           "synchronize", "environment", "peer_ratios", "write_csv", "plot", "print_tables", "bench"]
+           "synchronize", "environment", "peer_ratios", "write_csv", "loglog_axes", "plot", "print_tables", "bench"]
 
 # The timm peers of each LinGlo variant (SPEC family table, as far as timm has them).
 PEERS: dict[str, tuple[str, ...]] = {
@@ -343,6 +343,16 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path, columns: Sequence[str]
     atomic_write_text(path, buf.getvalue())
 
 
+def loglog_axes(ax, xlabel: str, ylabel: str, legend_size: int) -> None:
+    """Log-log axes with labels, a light grid and a legend: the look of every scaling plot."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=legend_size)
+
+
 def plot(rows: Sequence[dict[str, Any]], path: Path, env: dict[str, Any]) -> None:
     """Latency and peak memory against pixels (log-log), one line per model, its fitted exponent in the legend."""
     import matplotlib
@@ -362,12 +372,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, env: dict[str, Any]) -> Non
             tag = f"{name} (exp {exponent:.2f})" if exponent is not None else name
             style = "-" if name.startswith("linglo") else "--"
             ax.plot(*zip(*pts), style, marker="o", color=colours[name], label=tag)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("pixels (H·W)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        loglog_axes(ax, "pixels (H·W)", label, legend_size=7)
     fig.suptitle(f"{env['device']} · {env['threads']} threads · {env['dtype']} · torch {env['torch']}"
                  + (" · compiled" if env["compile"] else "") + (" · channels_last" if env["channels_last"] else ""),
                  fontsize=9)
