@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from linglo.bench import environment, fit_exponent, loglog_axes, peak_bytes, synchronize
-from linglo.ops import key_only_attention, key_only_attention_axial
+from linglo.cpu_allocator import reuse_freed_memory
 from linglo.ops import key_only as key_only_module
+from linglo.ops import key_only_attention, key_only_attention_axial
 
 
 def linear_core(q, k, v, eps: float = 1e-15):
@@ -83,6 +84,8 @@ def run(args) -> list[dict]:
     key_only_module.FUSED_CUDA = device.type == "cuda"   # opt-in in the library; measured here on purpose
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
+    if args.allocator == "reuse":
+        reuse_freed_memory()
     fns = mixers(device)
     sizes = sorted(set(args.scaling) | set(args.ratio))
     rows = []
@@ -179,6 +182,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--sdpa-cap-mb", type=float, default=1024)
+    p.add_argument("--allocator", default="reuse", choices=("reuse", "system"),
+                   help="keep freed CPU memory for reuse (as linglo bench does), or the C library's default")
     p.add_argument("--output", type=Path, default=None, help="folder for op_scaling.csv, .json and .png")
     args = p.parse_args(argv)
     device = torch.device(args.device)

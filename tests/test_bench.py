@@ -7,6 +7,7 @@ import torch
 
 from linglo.bench import BenchConfig, bench, fit_exponent, run_bench
 from linglo.cli import deploy_args
+from linglo.cpu_allocator import allocator_state
 from linglo.errors import LingloError
 
 
@@ -25,6 +26,7 @@ def test_bench_end_to_end_writes_csv_plot_and_peer_ratios(tmp_path):
         assert float(r["peak_mem_mb"]) > 0 and float(r["params_m"]) > 1 and float(r["gmacs"]) > 0
         assert r["latency_exponent"] and r["memory_exponent"]
         assert r["device"].startswith("cpu") and r["threads"] == "1" and r["dtype"] == "fp32" and r["torch"]
+        assert r["allocator"] == allocator_state() and r["allocator"] in ("reuse", "system")
     # 4x the pixels: the first-layer GMACs and the peak memory grow with the input
     lin = {int(r["resolution"]): r for r in table if r["model"] == "linglo_t"}
     assert float(lin[64]["gmacs"]) > 3 * float(lin[32]["gmacs"])
@@ -72,6 +74,7 @@ def test_fixed_size_model_says_which_size_and_why():
     (dict(resolutions=[8]), "--resolutions must be sizes >= 16"),
     (dict(repeats=0), "--repeats >= 1"),
     (dict(device="tpu"), "--device"),
+    (dict(allocator="jemalloc"), "--allocator must be reuse or system, got 'jemalloc'"),
     (dict(models=["linglo_q+peers"]), "'\\+peers' works for"),
 ])
 def test_bad_arguments_are_one_line_errors(kwargs, message):
@@ -91,11 +94,13 @@ def test_cli_flags_parse_into_the_config():
     parser = argparse.ArgumentParser(prog="linglo")
     deploy_args.register(parser.add_subparsers(dest="command"))
     args = vars(parser.parse_args(["bench", "--models", "linglo_t+peers,linglo_xs", "--resolutions", "224,1024",
-                                   "--threads", "2", "--compile", "--channels-last", "--no-memory"]))
+                                   "--threads", "2", "--compile", "--channels-last", "--no-memory",
+                                   "--allocator", "system"]))
     assert args.pop("command") == "bench"
     cfg = BenchConfig(**args)
     assert cfg.models == ["linglo_t+peers", "linglo_xs"] and cfg.resolutions == [224, 1024]
-    assert cfg.compile and cfg.channels_last and not cfg.memory and cfg.threads == 2
+    assert cfg.compile and cfg.channels_last and not cfg.memory and cfg.threads == 2 and cfg.allocator == "system"
+    assert BenchConfig(models=["linglo_t"], resolutions=[224]).allocator == "reuse"
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--models", "linglo_t", "--resolutions", "224,big"])
 

@@ -11,8 +11,10 @@ turn, the order rotated every round) after warm-up, so a machine whose load drif
 - params, and GMACs at batch 1 (torch.utils.flop_counter: convolutions and matrix products).
 
 Each model's latency and memory are fitted against pixels on log-log axes: the slope is its scaling exponent
-(1.0 = linear in the number of pixels). Results: a rich table, a CSV, a PNG plot and, for LinGlo variants
-benchmarked beside their SPEC peers, a table of LinGlo/peer ratios.
+(1.0 = linear in the number of pixels). On the CPU the process first keeps freed memory for reuse
+(linglo.cpu_allocator; ``allocator="system"`` measures glibc's default, which page-faults large activations in
+again every forward and adds its own growth with resolution). Results: a rich table, a CSV, a PNG plot and,
+for LinGlo variants benchmarked beside their SPEC peers, a table of LinGlo/peer ratios.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from linglo.atomic import atomic_savefig, atomic_write_text
+from linglo.cpu_allocator import allocator_state, reuse_freed_memory
 from linglo.errors import LingloError
 
 __all__ = ["BenchConfig", "PEERS", "expand_models", "unsupported_reason", "run_bench", "fit_exponent", "peak_bytes",
@@ -58,6 +61,7 @@ class BenchConfig:
     memory: bool = True
     compile: bool = False
     channels_last: bool = False
+    allocator: str = "reuse"             # "reuse": keep freed CPU memory for reuse (linglo.cpu_allocator); "system"
     skip_unsupported: bool = False       # resolutions a model can't take become notes instead of an error
     output: Path | None = None           # folder for bench.csv, bench.png, ratios.csv
     extra: dict[str, Any] = field(default_factory=dict)   # timm.create_model kwargs for every model
@@ -169,6 +173,8 @@ def _check(cfg: BenchConfig) -> None:
         raise LingloError(f"--warmup must be >= 0 and --repeats >= 1, got {cfg.warmup} and {cfg.repeats}")
     if cfg.threads is not None and cfg.threads < 1:
         raise LingloError(f"--threads must be >= 1, got {cfg.threads}")
+    if cfg.allocator not in ("reuse", "system"):
+        raise LingloError(f"--allocator must be reuse or system, got {cfg.allocator!r}")
 
 
 def environment(device: torch.device, dtype: str = "fp32", compile: bool = False,
@@ -184,7 +190,8 @@ def environment(device: torch.device, dtype: str = "fp32", compile: bool = False
         except (OSError, StopIteration):
             pass
     return {"device": f"{device.type}: {name}", "threads": torch.get_num_threads(), "dtype": dtype,
-            "torch": torch.__version__, "compile": compile, "channels_last": channels_last}
+            "torch": torch.__version__, "compile": compile, "channels_last": channels_last,
+            "allocator": allocator_state()}
 
 
 class _Cell:
@@ -215,6 +222,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     names = expand_models(cfg.models)
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    if cfg.allocator == "reuse" and not reuse_freed_memory():
+        log("note: this C library has no glibc mallopt; freed CPU memory goes back to the system (see "
+            "linglo.cpu_allocator)")
     env = environment(device, cfg.dtype, cfg.compile, cfg.channels_last)
     log("bench on " + ", ".join(f"{k}={v}" for k, v in env.items()))
     amp = DTYPES[cfg.dtype]
@@ -323,7 +333,7 @@ def peer_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 COLUMNS = ["model", "resolution", "params_m", "gmacs", "latency_ms", "latency_iqr_ms", "throughput_img_s",
            "throughput_batch", "peak_mem_mb", "latency_exponent", "memory_exponent", "note",
-           "device", "threads", "dtype", "torch", "compile", "channels_last"]
+           "device", "threads", "dtype", "torch", "compile", "channels_last", "allocator"]
 
 
 def _fmt(v: Any) -> str:
@@ -374,7 +384,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, env: dict[str, Any]) -> Non
             ax.plot(*zip(*pts), style, marker="o", color=colours[name], label=tag)
         loglog_axes(ax, "pixels (H·W)", label, legend_size=7)
     fig.suptitle(f"{env['device']} · {env['threads']} threads · {env['dtype']} · torch {env['torch']}"
-                 + (" · compiled" if env["compile"] else "") + (" · channels_last" if env["channels_last"] else ""),
+                 + (" · compiled" if env["compile"] else "") + (" · channels_last" if env["channels_last"] else "")
+                 + (" · malloc reuse" if env.get("allocator") == "reuse" else ""),
                  fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, path)

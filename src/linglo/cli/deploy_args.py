@@ -65,6 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (warm-up includes compiling)")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
+    p.add_argument("--allocator", default="reuse", choices=("reuse", "system"),
+                   help="reuse: keep freed CPU memory in the process, so large activations are not page-faulted "
+                        "in again every forward (glibc mallopt; what jemalloc/tcmalloc do); system: the C "
+                        "library's default (default: reuse)")
     p.add_argument("--skip-unsupported", action="store_true",
                    help="note resolutions a model cannot take in the table instead of stopping")
     p.add_argument("--output", "-o", type=Path, default=None, help="folder for bench.csv, bench.png, ratios.csv")

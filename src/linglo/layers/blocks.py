@@ -5,20 +5,35 @@ convolutions see them as zero padding and attention gives them no weight.
 """
 from __future__ import annotations
 
+import torch
 from timm.layers import DropPath, LayerScale2d
 from torch import Tensor, nn
 
 from .token_mixers import create_token_mixer
 
-__all__ = ["ConvMlp", "ConvBlock", "AttentionBlock", "Downsample", "Stem", "apply_mask"]
+__all__ = ["ConvMlp", "ConvBlock", "AttentionBlock", "Downsample", "Stem", "apply_mask", "MLP_BAND_PIXELS"]
+
+MLP_BAND_PIXELS = 4096   # without autograd, the pointwise MLP runs over bands of rows of about this many pixels
 
 
 def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     return x if mask is None else x * mask[:, None].to(x.dtype)
 
 
+def _eager_without_autograd(x: Tensor) -> bool:
+    """An eager forward autograd will not replay (inference): memory-saving, size-dependent paths are safe here,
+    but not while tracing, exporting or compiling, where a branch on the size would freeze it into the graph."""
+    return not ((torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+
+
 class ConvMlp(nn.Module):
-    """Pointwise MLP: 1×1 expand, GELU, 1×1 project."""
+    """Pointwise MLP: 1×1 expand, GELU, 1×1 project.
+
+    Without autograd it runs over bands of rows (MLP_BAND_PIXELS each): the result is the same, pixel by pixel, but
+    the mlp_ratio-times-wider hidden map never exists whole. That map was the forward's memory peak at high
+    resolution (with its layout copy inside the 1×1 convolution).
+    """
 
     def __init__(self, dim: int, mlp_ratio: float):
         super().__init__()
@@ -28,6 +43,12 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        rows = max(1, MLP_BAND_PIXELS // x.shape[-1])
+        if x.shape[-2] <= rows or not _eager_without_autograd(x):
+            return self._mlp(x)
+        return torch.cat([self._mlp(band) for band in x.split(rows, dim=-2)], dim=-2)   # (B, C, H, W)
+
+    def _mlp(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
 
 
