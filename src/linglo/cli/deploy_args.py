@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: torch's default). On a CPU shared with other jobs, run with "
                         "OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads that get descheduled make multi-thread "
-                        "medians swing by 100x")
+                        "medians swing by 100x. On an idle CPU leave it unset: passive threads add a wake-up to "
+                        "every parallel op (2-3x the latency of small models)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32, or bf16/fp16 autocast (default: fp32)")
     p.add_argument("--warmup", type=int, default=3, help="untimed forwards per model and size (default: 3)")

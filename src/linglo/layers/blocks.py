@@ -21,8 +21,8 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def _eager_without_autograd(x: Tensor) -> bool:
-    """An eager forward autograd will not replay (inference): memory-saving, size-dependent paths are safe here,
-    but not while tracing, exporting or compiling, where a branch on the size would freeze it into the graph."""
+    """True in an eager forward without autograd (inference). Size-dependent memory savings are safe there; while
+    tracing, exporting or compiling they are not: a branch on the size would freeze it into the graph."""
     return not ((torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing()
                 or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
 
@@ -43,8 +43,10 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
+        if not _eager_without_autograd(x):   # first: never compare a symbolic size
+            return self._mlp(x)
         rows = max(1, MLP_BAND_PIXELS // x.shape[-1])
-        if x.shape[-2] <= rows or not _eager_without_autograd(x):
+        if x.shape[-2] <= rows:
             return self._mlp(x)
         return torch.cat([self._mlp(band) for band in x.split(rows, dim=-2)], dim=-2)   # (B, C, H, W)
 
