@@ -7,7 +7,9 @@ Every mixer gets the same projected inputs (v, s for key-only; q, k, v for the o
 the numbers compare the token mixing itself (key_only_channels_last: v, s sliced from a channels_last projection,
 as a channels_last model feeds them). For each size, all mixers run interleaved (one call of each in turn)
 after warm-up; time = median of the repeats (the fastest call is reported too: on a shared machine it is
-the least disturbed estimate). Peak memory = bytes the call holds above its inputs (CUDA:
+the least disturbed estimate). With --warm-visits N (default 1) each timed call follows N untimed calls of the
+same mixer, as inside a model, where the op's inputs were just written and the thread pool is busy; 0 times
+each mixer straight after the others (cold caches, sleeping threads after a long SDPA call). Peak memory = bytes the call holds above its inputs (CUDA:
 max_memory_allocated; CPU: allocator events of one call, see linglo.bench). The scaling exponent is the log-log
 slope over the --scaling sizes; the targets (issue 6): key-only exponent <= 1.05 for time and memory from 64² to
 1024² tokens, and key-only / linear time <= 1.0 at 56²..224². SDPA's time and score matrix grow with N²: sizes
@@ -106,6 +108,8 @@ def run(args) -> list[dict]:
                 names = list(active)
                 names = names[r % len(names):] + names[:r % len(names)]
                 for k in names:
+                    for _ in range(args.warm_visits):
+                        active[k](x)
                     synchronize(device)
                     t0 = time.perf_counter()
                     active[k](x)
@@ -162,7 +166,8 @@ def plot(rows: list[dict], summary: dict, env: dict, path: Path) -> None:
                         label=mixer + (f" (exp {e:.2f})" if e is not None else ""))
         loglog_axes(ax, "tokens (H·W)", label, legend_size=8)
     fig.suptitle(f"{env['device']} · {env['threads']} threads · fp32 · batch 1 · C={env['channels']}, "
-                 f"{env['heads']} heads, window {env['window']} · torch {env['torch']}", fontsize=9)
+                 f"{env['heads']} heads, window {env['window']} · torch {env['torch']} · allocator {env['allocator']}"
+                 f" · {env['warm_visits']} warm visit(s)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -181,6 +186,8 @@ def main(argv=None) -> int:
                    help="sides for the key-only / linear time ratio")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warm-visits", type=int, default=1,
+                   help="untimed calls of the same mixer right before each timed call (0: cold, after the others)")
     p.add_argument("--sdpa-cap-mb", type=float, default=1024)
     p.add_argument("--allocator", default="reuse", choices=("reuse", "system"),
                    help="keep freed CPU memory for reuse (as linglo bench does), or the C library's default")
@@ -190,7 +197,7 @@ def main(argv=None) -> int:
     rows = run(args)
     summary = summarise(rows, args)
     env = environment(device)
-    env.update(channels=args.channels, heads=args.heads, window=args.window, batch=1)
+    env.update(channels=args.channels, heads=args.heads, window=args.window, batch=1, warm_visits=args.warm_visits)
     print(json.dumps({"environment": env, **summary}, indent=1, default=str))
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
