@@ -5,6 +5,8 @@ import torch
 from linglo.ops import (key_only_attention, key_only_attention_axial, key_only_attention_general,
                         key_only_attention_reference)
 
+pytestmark = pytest.mark.usefixtures("both_paths")   # window convolutions and dense matrix
+
 
 def _inputs(b, h, d, hh, ww, k, dtype=torch.float64, scale=2.0, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -92,6 +94,18 @@ def test_finite_with_extreme_saliency(dtype, extreme):
     out.float().sum().backward()
     assert out.dtype == dtype and torch.isfinite(out).all()
     assert torch.isfinite(v.grad).all() and torch.isfinite(s.grad).all()
+
+
+def test_fp32_keeps_full_precision_with_large_logits():
+    """Logits near 1e4 lose nothing: the op shifts by their max before adding the position bias (fp32 has only
+    ~1e-3 absolute resolution at 1e4, which an unshifted sum would pass into the weights)."""
+    v, s, rb, ri = _inputs(2, 2, 4, 9, 10, 7, dtype=torch.float32)
+    s = s + 1e4
+    mask = torch.ones(2, 9, 10, dtype=torch.bool)
+    mask[1, 4:] = False
+    ref = key_only_attention_reference(v.double(), s.double(), rb.double(), ri.double(), mask)
+    out = key_only_attention(v, s, rb, ri, mask)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_finite_under_autocast():

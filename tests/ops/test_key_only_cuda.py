@@ -18,8 +18,27 @@ def _inputs(b, h, d, hh, ww, k, seed=0, scale=3.0):
 
 @pytest.fixture(autouse=True)
 def fused_on(monkeypatch):
-    """The fused kernels are opt-in (LINGLO_FUSED=1); these tests are about them, so switch them on."""
+    """The fused kernels are opt-in (LINGLO_FUSED=1); these tests are about them, so switch them on, and keep
+    small maps off the dense path so that every size reaches the kernels."""
     monkeypatch.setattr(key_only_module, "FUSED_CUDA", True)
+    monkeypatch.setattr(key_only_module, "DENSE_MAX_TOKENS", 0)
+
+
+@pytest.mark.parametrize("amp", [None, torch.float16, torch.bfloat16])
+def test_dense_small_map_path_matches_reference_under_amp(amp, monkeypatch):
+    """Maps up to DENSE_MAX_TOKENS take the dense N×N path on CUDA too: exact in fp32, finite and close under
+    autocast with logits of ±1e4, masked queries with no real key get 0."""
+    monkeypatch.setattr(key_only_module, "DENSE_MAX_TOKENS", 14 * 14)   # this map on the dense path
+    v, s, rb, ri = _inputs(2, 4, 16, 14, 14, 7)
+    s[0, :, :3] = 1e4
+    mask = torch.ones(2, 14, 14, dtype=torch.bool)
+    mask[1, :, 7:] = False
+    with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
+        out = key_only_attention(v.cuda(), s.cuda(), rb.cuda(), ri.cuda(), mask.cuda())
+    ref = key_only_attention_reference(v.double(), s.double(), rb.double(), ri.double(), mask)
+    assert torch.isfinite(out).all()
+    tol = {None: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}[amp]
+    torch.testing.assert_close(out.float().cpu(), ref.float(), rtol=tol, atol=tol)
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ import torch
 
 from linglo.ops import key_only_attention, key_only_attention_axial, key_only_attention_reference
 
+pytestmark = pytest.mark.usefixtures("both_paths")   # window convolutions and dense matrix
+
 
 def _channels_last_inputs(b, h, d, hh, ww, k, seed=0):
     """v and s sliced out of one channels_last (B, h·d + h, H, W) map, as KeyOnlyAttention's projection makes them."""
