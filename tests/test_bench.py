@@ -27,6 +27,7 @@ def test_bench_end_to_end_writes_csv_plot_and_peer_ratios(tmp_path):
         assert r["latency_exponent"] and r["memory_exponent"]
         assert r["device"].startswith("cpu") and r["threads"] == "1" and r["dtype"] == "fp32" and r["torch"]
         assert r["allocator"] == allocator_state() and r["allocator"] in ("reuse", "system")
+        assert r["warm_visits"] == "1"
     # 4x the pixels: the first-layer GMACs and the peak memory grow with the input
     lin = {int(r["resolution"]): r for r in table if r["model"] == "linglo_t"}
     assert float(lin[64]["gmacs"]) > 3 * float(lin[32]["gmacs"])
@@ -75,6 +76,7 @@ def test_fixed_size_model_says_which_size_and_why():
     (dict(repeats=0), "--repeats >= 1"),
     (dict(device="tpu"), "--device"),
     (dict(allocator="jemalloc"), "--allocator must be reuse or system, got 'jemalloc'"),
+    (dict(warm_visits=-1), "--warmup and --warm-visits must be >= 0"),
     (dict(models=["linglo_q+peers"]), "'\\+peers' works for"),
 ])
 def test_bad_arguments_are_one_line_errors(kwargs, message):
@@ -95,11 +97,12 @@ def test_cli_flags_parse_into_the_config():
     deploy_args.register(parser.add_subparsers(dest="command"))
     args = vars(parser.parse_args(["bench", "--models", "linglo_t+peers,linglo_xs", "--resolutions", "224,1024",
                                    "--threads", "2", "--compile", "--channels-last", "--no-memory",
-                                   "--allocator", "system"]))
+                                   "--allocator", "system", "--warm-visits", "0"]))
     assert args.pop("command") == "bench"
     cfg = BenchConfig(**args)
     assert cfg.models == ["linglo_t+peers", "linglo_xs"] and cfg.resolutions == [224, 1024]
     assert cfg.compile and cfg.channels_last and not cfg.memory and cfg.threads == 2 and cfg.allocator == "system"
+    assert cfg.warm_visits == 0
     assert BenchConfig(models=["linglo_t"], resolutions=[224]).allocator == "reuse"
     with pytest.raises(SystemExit):
         parser.parse_args(["bench", "--models", "linglo_t", "--resolutions", "224,big"])

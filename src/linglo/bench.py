@@ -3,7 +3,9 @@
 For each resolution every model is measured in the same process, interleaved (one forward of each model in
 turn, the order rotated every round) after warm-up, so a machine whose load drifts slows all models alike:
 
-- latency: median and inter-quartile range of single forwards at batch 1;
+- latency: median and inter-quartile range of single forwards at batch 1, each right after ``warm_visits`` untimed
+  forwards of the same model (default 1: as in a serving loop, the model's weights and threads are warm; 0
+  times it straight after the other models);
 - throughput: images/s at a larger batch (``throughput_batch`` at 224², scaled down with the pixel count);
 - peak memory: bytes the forward holds at its peak above what was held before it — CUDA:
   torch.cuda.max_memory_allocated; CPU: the allocator's alloc/free events of one forward (torch.profiler),
@@ -57,6 +59,7 @@ class BenchConfig:
     dtype: str = "fp32"
     warmup: int = 3
     repeats: int = 10
+    warm_visits: int = 1                 # untimed forwards of the same model right before each timed one
     throughput_batch: int = 16           # at 224²; scaled by (224/res)², at least 1; 0 = skip throughput
     memory: bool = True
     compile: bool = False
@@ -169,8 +172,9 @@ def _check(cfg: BenchConfig) -> None:
     bad = [r for r in cfg.resolutions if r < 16]
     if bad or not cfg.resolutions:
         raise LingloError(f"--resolutions must be sizes >= 16 pixels, got {cfg.resolutions}")
-    if cfg.warmup < 0 or cfg.repeats < 1:
-        raise LingloError(f"--warmup must be >= 0 and --repeats >= 1, got {cfg.warmup} and {cfg.repeats}")
+    if cfg.warmup < 0 or cfg.repeats < 1 or cfg.warm_visits < 0:
+        raise LingloError(f"--warmup and --warm-visits must be >= 0 and --repeats >= 1, got {cfg.warmup}, "
+                          f"{cfg.warm_visits} and {cfg.repeats}")
     if cfg.threads is not None and cfg.threads < 1:
         raise LingloError(f"--threads must be >= 1, got {cfg.threads}")
     if cfg.allocator not in ("reuse", "system"):
@@ -225,7 +229,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     if cfg.allocator == "reuse" and not reuse_freed_memory():
         log("note: this C library has no glibc mallopt; freed CPU memory goes back to the system (see "
             "linglo.cpu_allocator)")
-    env = environment(device, cfg.dtype, cfg.compile, cfg.channels_last)
+    env = {**environment(device, cfg.dtype, cfg.compile, cfg.channels_last), "warm_visits": cfg.warm_visits}
     log("bench on " + ", ".join(f"{k}={v}" for k, v in env.items()))
     amp = DTYPES[cfg.dtype]
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -282,6 +286,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
                 cells.append(cell)
             log(f"{res}x{res}: latency, {cfg.repeats} interleaved rounds over {len(cells)} models")
             for cell in _rounds(cells, cfg.repeats):
+                for _ in range(cfg.warm_visits):
+                    cell.forward(x1)
                 cell.times.append(_timed(lambda: cell.forward(x1), device))
             tb = max(1, round(cfg.throughput_batch * (224 / res) ** 2)) if cfg.throughput_batch else 0
             if tb:
@@ -333,7 +339,7 @@ def peer_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 COLUMNS = ["model", "resolution", "params_m", "gmacs", "latency_ms", "latency_iqr_ms", "throughput_img_s",
            "throughput_batch", "peak_mem_mb", "latency_exponent", "memory_exponent", "note",
-           "device", "threads", "dtype", "torch", "compile", "channels_last", "allocator"]
+           "device", "threads", "dtype", "torch", "compile", "channels_last", "allocator", "warm_visits"]
 
 
 def _fmt(v: Any) -> str:

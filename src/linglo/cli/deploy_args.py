@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fp32, or bf16/fp16 autocast (default: fp32)")
     p.add_argument("--warmup", type=int, default=3, help="untimed forwards per model and size (default: 3)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds over all models (default: 10)")
+    p.add_argument("--warm-visits", type=int, default=1,
+                   help="untimed forwards of the same model right before each timed one: 1 times a model warm, as "
+                        "in a serving loop; 0 straight after the other models (default: 1)")
     p.add_argument("--throughput-batch", type=int, default=16,
                    help="throughput batch at 224², scaled down with pixels; 0 = skip (default: 16)")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
