@@ -2,9 +2,9 @@
 
 glibc's malloc serves every block above its mmap threshold (128 KiB, adapting up to at most 32 MiB) with fresh
 pages from the kernel and returns them on free. A CNN forward at a high resolution allocates and frees tens of
-such maps, so each forward pays a page fault per 4 KiB of activations: on this project's 2-core CPU that was
-72 % of linglo_t's time at 2048² (1,515 ms vs 423 ms) and made whole-model latency grow with an exponent of
-1.24 instead of 0.90 from 512² to 2048², for LinGlo and its timm peers alike. Raising the mmap and trim
+such maps, so each forward pays a page fault per 4 KiB of activations: on this project's 2-core CPU linglo_t
+took 748 ms at 2048² instead of 455 ms, and whole-model latency grew with an exponent of 1.14 instead of 1.00
+from 512² to 2048² (timm peers: 1.18-1.30 instead of 0.99-1.05; docs/performance.md). Raising the mmap and trim
 thresholds keeps freed blocks in the heap for reuse — the effect of MALLOC_MMAP_THRESHOLD_ /
 MALLOC_TRIM_THRESHOLD_ in the environment, and the reason PyTorch's CPU launcher offers jemalloc/tcmalloc.
 The cost: the process keeps its peak memory instead of returning it to the system.

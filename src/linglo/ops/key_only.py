@@ -11,7 +11,8 @@ fp32 (autocast off) after subtracting the per-head maxima of s and of r, and cas
 
 Speed: the global sum rides in the depthwise conv's bias (no extra pass), products keep v's memory layout so
 channels_last activations never get transposed, and on CUDA the window variants can run as fused Triton kernels
-(key_only_triton: one pass forward, one backward; opt-in with LINGLO_FUSED=1 until checked on a GPU).
+(key_only_triton: one pass forward, one backward; opt-in with LINGLO_FUSED=1, see docs/performance.md). Maps
+of at most DENSE_MAX_TOKENS tokens take the N×N definition itself, which is a handful of calls (_attend_dense).
 """
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ from torch import Tensor
 
 __all__ = ["key_only_attention", "key_only_attention_axial", "key_only_attention_reference", "positional_mix"]
 
-# The fused Triton kernels pass under TRITON_INTERPRET=1 but have not yet been compiled and checked on a GPU
-# (tests/ops/test_key_only_cuda.py), so they are opt-in: LINGLO_FUSED=1. By default CUDA runs the torch ops.
+# The fused Triton kernels are exact (TRITON_INTERPRET=1 on CPU; tests/ops/test_key_only_cuda.py on an H200) but
+# slower than the torch ops inside the model (0.6-0.8x throughput), so they are opt-in for their lower memory:
+# LINGLO_FUSED=1. By default CUDA runs the torch ops.
 FUSED_CUDA = os.environ.get("LINGLO_FUSED", "0") == "1"
 AXIAL_AS_SQUARE_MAX_K = 11   # axial windows up to this k run as one k×k conv (see key_only_attention_general)
 DENSE_MAX_TOKENS = 64        # maps up to this many tokens (8×8) take the dense path (see _attend_dense)
