@@ -204,7 +204,7 @@ def _attend_dense(v: Tensor, s: Tensor, bias: Tensor, r_inf: Tensor | None, mask
     """Small maps: the weights a_ij = softmax_j(s_j + r(j − i)) as one N×N matrix per head, applied by one matmul.
 
     The window path costs ~25 calls and two convolutions whatever the size; on an 8×8 map those calls, not the
-    arithmetic, are its time. Here it is a handful (measured on the CPU: 0.4-0.8x the window path's time up to
+    arithmetic, are its time. Here it is a handful (measured on the CPU: 0.3-0.8x the window path's time up to
     64 tokens, slower from ~100; linglo_t trains 13 % faster at 64 px). Same result as the window path
     (tested); bias: (h, k, k); r_inf None = no global term.
     """
