@@ -132,3 +132,14 @@ def test_model_specs_compare_variants_of_one_model_in_one_run(tmp_path):
     with pytest.raises(LingloError, match=r"rejected its arguments"):
         run_bench(BenchConfig(models=["linglo_t[no_such_arg=1]"], resolutions=[32]), log=lambda _: None)
     assert deploy_args.split_top_level("linglo_t[a=1,b=2],convnext_atto") == ["linglo_t[a=1,b=2]", "convnext_atto"]
+
+
+def test_system_allocator_after_reuse_says_it_measures_reuse():
+    from linglo.cpu_allocator import reuse_freed_memory
+    if not reuse_freed_memory():
+        pytest.skip("this C library has no glibc mallopt")
+    lines: list[str] = []
+    rows, env = run_bench(BenchConfig(models=["linglo_t"], resolutions=[32], warmup=0, repeats=1, throughput_batch=0,
+                                      memory=False, allocator="system"), log=lines.append)
+    assert env["allocator"] == "reuse" and rows[0]["allocator"] == "reuse"
+    assert any("this run measures allocator=reuse" in line for line in lines)

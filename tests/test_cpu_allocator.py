@@ -9,16 +9,17 @@ from linglo.cpu_allocator import allocator_state, reuse_freed_memory
 
 # Run in a fresh process: the setting is process-wide and cannot be undone, and this test needs the default first.
 SCRIPT = textwrap.dedent("""
-    import resource, torch
+    import resource, statistics, torch
     from linglo.cpu_allocator import allocator_state, reuse_freed_memory
 
     def faults_per_cycle():
-        for _ in range(2):                        # warm-up: the heap takes two rounds to settle on the block
-            torch.ones(2 ** 24)                   # 64 MiB: above glibc's largest dynamic mmap threshold (32 MiB)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(5):
-            torch.ones(2 ** 24)                   # allocate, touch every page, free
-        return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5
+        # median over cycles: after the switch the heap may take a few rounds to settle on the block
+        faults = []
+        for _ in range(9):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            torch.ones(2 ** 24)                   # 64 MiB, above glibc's largest dynamic mmap threshold (32 MiB):
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)   # allocate, touch, free
+        return statistics.median(faults)
 
     system = faults_per_cycle()
     state = allocator_state()

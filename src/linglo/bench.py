@@ -227,8 +227,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     if cfg.allocator == "reuse" and not reuse_freed_memory():
-        log("note: this C library has no glibc mallopt; freed CPU memory goes back to the system (see "
-            "linglo.cpu_allocator)")
+        log("note: could not set glibc's malloc thresholds here; freed CPU memory goes back to the system "
+            "(see linglo.cpu_allocator)")
+    if cfg.allocator == "system" and allocator_state() == "reuse":
+        log("note: this process already keeps freed memory for reuse (it cannot be undone), so this run measures "
+            "allocator=reuse; run --allocator system in a fresh process")
     env = {**environment(device, cfg.dtype, cfg.compile, cfg.channels_last), "warm_visits": cfg.warm_visits}
     log("bench on " + ", ".join(f"{k}={v}" for k, v in env.items()))
     amp = DTYPES[cfg.dtype]

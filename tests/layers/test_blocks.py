@@ -23,15 +23,28 @@ def test_banded_mlp_equals_the_whole_map(shape, monkeypatch):
     torch.testing.assert_close(channels_last, banded, rtol=1e-5, atol=1e-6)
 
 
-def test_banded_mlp_holds_less_than_the_hidden_map_and_training_keeps_gradients(monkeypatch):
+def test_banded_mlp_holds_less_than_the_hidden_map(monkeypatch):
     monkeypatch.setattr(blocks, "MLP_BAND_PIXELS", 1024)
     mlp, x = ConvMlp(16, 4.0).eval(), torch.randn(1, 16, 128, 128)
     hidden = 64 * 128 * 128 * 4
     with torch.no_grad():
         assert peak_bytes(lambda: mlp(x), torch.device("cpu")) < 0.6 * hidden    # output, bands, concatenation
         assert peak_bytes(lambda: _full(mlp, x), torch.device("cpu")) > hidden
-    xg = x.clone().requires_grad_()
-    mlp(xg).square().mean().backward()
-    ref = x.clone().requires_grad_()
-    _full(mlp, ref).square().mean().backward()
-    torch.testing.assert_close(xg.grad, ref.grad)
+
+
+@pytest.mark.parametrize("input_grad", [False, True])
+def test_gradients_match_the_whole_map(input_grad, monkeypatch):
+    """An input without gradient (a frozen network before the MLP) takes the bands under autograd; one with
+    gradient takes the whole map. Both give the whole map's parameter (and input) gradients."""
+    monkeypatch.setattr(blocks, "MLP_BAND_PIXELS", 256)
+    torch.manual_seed(0)
+    mlp, x = ConvMlp(8, 4.0), torch.randn(2, 8, 40, 24)
+
+    def grads(forward):
+        mlp.zero_grad()
+        xi = x.clone().requires_grad_(input_grad)
+        forward(xi).square().mean().backward()
+        return [p.grad.clone() for p in mlp.parameters()] + ([xi.grad] if input_grad else [])
+
+    for got, want in zip(grads(mlp), grads(lambda t: _full(mlp, t))):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

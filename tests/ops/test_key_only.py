@@ -35,13 +35,24 @@ def test_matches_reference_float64(shape, masked):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
-def test_fully_masked_batch_item_gives_zeros_and_no_nan():
-    v, s, rb, ri = _inputs(2, 2, 3, 4, 5, 3)
-    mask = torch.ones(2, 4, 5, dtype=torch.bool)
+@pytest.mark.parametrize("global_term", [True, False])
+def test_queries_with_no_real_key_give_zeros_and_finite_gradients(global_term):
+    """A fully masked batch item (and, without the global term, queries whose whole window is padding) gets 0,
+    and no NaN reaches any gradient."""
+    tensors = [t.requires_grad_() for t in _inputs(2, 2, 3, 4, 8, 3)]
+    v, s, rb, ri = tensors
+    mask = torch.ones(2, 4, 8, dtype=torch.bool)
+    mask[0, :, 5:] = False      # without the global term, queries in the last column see no real key
     mask[1] = False
-    out = key_only_attention(v, s, rb, ri, mask)
+    r = ri if global_term else None
+    out = key_only_attention_general(v, s, r, rel_bias=rb, mask=mask)
     assert torch.isfinite(out).all() and out[1].abs().max() == 0
-    torch.testing.assert_close(out, key_only_attention_reference(v, s, rb, ri, mask))
+    if global_term:
+        torch.testing.assert_close(out, key_only_attention_reference(v, s, rb, ri, mask))
+    else:
+        assert out[0, ..., 6:].abs().max() == 0 and out[0, ..., 5].abs().min() > 0   # window ±1: cols 6, 7 see none
+    grads = torch.autograd.grad(out.square().sum(), tensors if global_term else tensors[:3])
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
 def test_masked_tokens_get_no_weight():

@@ -27,16 +27,20 @@ def fused_on(monkeypatch):
 @pytest.mark.parametrize("amp", [None, torch.float16, torch.bfloat16])
 def test_dense_small_map_path_matches_reference_under_amp(amp, monkeypatch):
     """Maps up to DENSE_MAX_TOKENS take the dense N×N path on CUDA too: exact in fp32, finite and close under
-    autocast with logits of ±1e4, masked queries with no real key get 0."""
+    autocast with logits of 1e4; a fully masked item gets 0 and every gradient stays finite."""
     monkeypatch.setattr(key_only_module, "DENSE_MAX_TOKENS", 14 * 14)   # this map on the dense path
-    v, s, rb, ri = _inputs(2, 4, 16, 14, 14, 7)
+    v, s, rb, ri = _inputs(3, 4, 16, 14, 14, 7)
     s[0, :, :3] = 1e4
-    mask = torch.ones(2, 14, 14, dtype=torch.bool)
+    mask = torch.ones(3, 14, 14, dtype=torch.bool)
     mask[1, :, 7:] = False
+    mask[2] = False
+    tensors = [t.cuda().requires_grad_() for t in (v, s, rb, ri)]
     with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
-        out = key_only_attention(v.cuda(), s.cuda(), rb.cuda(), ri.cuda(), mask.cuda())
+        out = key_only_attention(*tensors, mask.cuda())
+    grads = torch.autograd.grad(out.float().square().sum(), tensors)
     ref = key_only_attention_reference(v.double(), s.double(), rb.double(), ri.double(), mask)
-    assert torch.isfinite(out).all()
+    assert torch.isfinite(out).all() and out[2].abs().max() == 0
+    assert all(torch.isfinite(g).all() for g in grads)
     tol = {None: 1e-5, torch.float16: 1e-2, torch.bfloat16: 5e-2}[amp]
     torch.testing.assert_close(out.float().cpu(), ref.float(), rtol=tol, atol=tol)
 

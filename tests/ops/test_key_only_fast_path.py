@@ -64,3 +64,21 @@ def test_traced_graph_is_exact_where_the_eager_shortcuts_would_apply():
         s = torch.randn(b, 2, hh, ww, generator=g, dtype=torch.float64)
         torch.testing.assert_close(traced(v, s, rb, ri), key_only_attention_reference(v, s, rb, ri),
                                    rtol=1e-10, atol=1e-10)
+
+
+def test_fake_and_symbolic_tracing_take_the_window_path_and_leave_eager_intact():
+    """Fake tensors and make_fx's symbolic tracing skip the dense small-map path (symbolic sizes, and its index
+    cache must only ever hold real tensors): tracing works, and a real call afterwards returns real, exact values."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    g = torch.Generator().manual_seed(4)
+    real = [torch.randn(1, 2, 3, 8, 8, generator=g), torch.randn(1, 2, 8, 8, generator=g),
+            torch.randn(2, 7, 7, generator=g), torch.randn(2, generator=g)]
+    with FakeTensorMode() as mode:
+        fake_out = key_only_attention(*(mode.from_tensor(t) for t in real))
+    assert tuple(fake_out.shape) == (1, 2, 3, 8, 8)
+    make_fx(lambda v, s, rb, ri: key_only_attention(v, s, rb, ri), tracing_mode="symbolic")(*real)
+    out = key_only_attention(*real)
+    assert type(out) is torch.Tensor
+    torch.testing.assert_close(out, key_only_attention_reference(*real), rtol=1e-5, atol=1e-5)

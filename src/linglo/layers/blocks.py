@@ -13,26 +13,28 @@ from .token_mixers import create_token_mixer
 
 __all__ = ["ConvMlp", "ConvBlock", "AttentionBlock", "Downsample", "Stem", "apply_mask", "MLP_BAND_PIXELS"]
 
-MLP_BAND_PIXELS = 4096   # without autograd, the pointwise MLP runs over bands of rows of about this many pixels
+MLP_BAND_PIXELS = 4096   # inference runs the pointwise MLP over bands of rows of about this many pixels
 
 
 def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
     return x if mask is None else x * mask[:, None].to(x.dtype)
 
 
-def _eager_without_autograd(x: Tensor) -> bool:
-    """True in an eager forward without autograd (inference). Size-dependent memory savings are safe there; while
-    tracing, exporting or compiling they are not: a branch on the size would freeze it into the graph."""
-    return not ((torch.is_grad_enabled() and x.requires_grad) or torch.jit.is_tracing()
-                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling() or torch.compiler.is_exporting())
+def _eager_without_input_grad(x: Tensor) -> bool:
+    """True in an eager forward on a plain tensor that needs no gradient (inference, or a frozen network before
+    this layer). Size-dependent memory savings are safe there; while tracing, exporting or compiling, or on
+    proxy/fake tensors, they are not: a branch on the size would freeze it into the graph."""
+    return not (type(x) is not torch.Tensor or (torch.is_grad_enabled() and x.requires_grad)
+                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+                or torch.compiler.is_exporting())
 
 
 class ConvMlp(nn.Module):
     """Pointwise MLP: 1×1 expand, GELU, 1×1 project.
 
-    Without autograd it runs over bands of rows (MLP_BAND_PIXELS each): the result is the same, pixel by pixel, but
-    the mlp_ratio-times-wider hidden map never exists whole. That map was the forward's memory peak at high
-    resolution (with its layout copy inside the 1×1 convolution).
+    When its input needs no gradient it runs over bands of rows (MLP_BAND_PIXELS each): the same result up to
+    float rounding (each pixel's MLP is unchanged), but the mlp_ratio-times-wider hidden map never exists whole.
+    That map was the forward's memory peak at high resolution (with its layout copy inside the 1×1 convolution).
     """
 
     def __init__(self, dim: int, mlp_ratio: float):
@@ -43,7 +45,7 @@ class ConvMlp(nn.Module):
         self.fc2 = nn.Conv2d(hidden, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _eager_without_autograd(x):   # first: never compare a symbolic size
+        if not _eager_without_input_grad(x):   # first: never compare a symbolic size
             return self._mlp(x)
         rows = max(1, MLP_BAND_PIXELS // x.shape[-1])
         if x.shape[-2] <= rows:

@@ -193,10 +193,12 @@ def _window_index(hh: int, ww: int, k: int, device: torch.device) -> tuple[Tenso
     return index, inside
 
 
-def _small_map(v: Tensor) -> bool:
-    """Eager, not compiled, and at most DENSE_MAX_TOKENS tokens (checked in that order: a symbolic size is
-    never compared)."""
+def _small_map(v: Tensor, s: Tensor) -> bool:
+    """Eager on plain tensors (not traced, exported, compiled, or fake/proxy/functional tensor subclasses, whose
+    sizes may be symbolic and whose factories must not fill _window_index's cache), and at most DENSE_MAX_TOKENS
+    tokens. Checked in that order: a symbolic size is never compared."""
     return (_static_branches() and not torch.compiler.is_compiling()
+            and type(v) is torch.Tensor and type(s) is torch.Tensor
             and v.shape[-2] * v.shape[-1] <= DENSE_MAX_TOKENS)
 
 
@@ -216,9 +218,11 @@ def _attend_dense(v: Tensor, s: Tensor, bias: Tensor, r_inf: Tensor | None, mask
         far = float("-inf") if r_inf is None else r_inf.to(acc)[:, None, None]
         r = torch.where(inside, bias.to(acc).flatten(1)[:, index], far)                 # (h, N, N)
         logits = _shifted_logits(s.to(acc), mask).reshape(b, h, 1, n) + r               # (B, h, N, N)
-        a = torch.softmax(logits, dim=-1)
-        if mask is not None:
-            a = a.nan_to_num(0.0)                        # a query with no real key in reach gets 0
+        if mask is None:
+            a = torch.softmax(logits, dim=-1)
+        else:   # a query with no real key in reach gets 0, and finite gradients (softmax of all −inf is NaN)
+            dead = torch.isneginf(logits).all(dim=-1, keepdim=True)
+            a = torch.softmax(logits.masked_fill(dead, 0.0), dim=-1).masked_fill(dead, 0.0)
         vf = v.to(acc).reshape(b, h, d, n)
         if v.stride(-1) == 1:                            # NCHW values: NCHW output
             out = (vf @ a.transpose(-1, -2)).view(b, h, d, hh, ww)                     # (B, h, d, H, W)
@@ -281,7 +285,7 @@ def key_only_attention_general(v: Tensor, s: Tensor, r_inf: Tensor | None, *, re
     (weights σ(s_j)·e^{r}, normalised by Σ_j e^{r} alone).
     """
     acc = torch.promote_types(v.dtype, torch.float32)
-    if gate == "softmax" and (rel_bias is not None or axial_bias is not None) and _small_map(v):
+    if gate == "softmax" and (rel_bias is not None or axial_bias is not None) and _small_map(v, s):
         square = rel_bias if rel_bias is not None else axial_bias[0][:, :, None] + axial_bias[1][:, None, :]
         return _attend_dense(v, s, square, r_inf, mask)
     fused = gate == "softmax" and _fused_kernels(v)
