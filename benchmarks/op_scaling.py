@@ -9,8 +9,9 @@ as a channels_last model feeds them). For each size, all mixers run interleaved 
 after warm-up; time = median of the repeats (the fastest call is reported too: on a shared machine it is
 the least disturbed estimate). With --warm-visits N (default 1) each timed call follows N untimed calls of the
 same mixer, as inside a model, where the op's inputs were just written and the thread pool is busy; 0 times
-each mixer straight after the others (cold caches, sleeping threads after a long SDPA call). Peak memory = bytes the call holds above its inputs (CUDA:
-max_memory_allocated; CPU: allocator events of one call, see linglo.bench). The scaling exponent is the log-log
+each mixer straight after the others (cold caches, sleeping threads after a long SDPA call). Peak memory =
+bytes the call holds above its inputs (CUDA: max_memory_allocated; CPU: allocator events of one call, see
+linglo.bench). The scaling exponent is the log-log
 slope over the --scaling sizes; the targets (issue 6): key-only exponent <= 1.05 for time and memory from 64² to
 1024² tokens, and key-only / linear time <= 1.0 at 56²..224². SDPA's time and score matrix grow with N²: sizes
 whose N×N fp32 scores (per head) would pass --sdpa-cap-mb are skipped and marked so.

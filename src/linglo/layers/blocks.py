@@ -9,6 +9,7 @@ import torch
 from timm.layers import DropPath, LayerScale2d
 from torch import Tensor, nn
 
+from ..ops import eager_plain
 from .token_mixers import create_token_mixer
 
 __all__ = ["ConvMlp", "ConvBlock", "AttentionBlock", "Downsample", "Stem", "apply_mask", "MLP_BAND_PIXELS"]
@@ -21,12 +22,9 @@ def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def _eager_without_input_grad(x: Tensor) -> bool:
-    """True in an eager forward on a plain tensor that needs no gradient (inference, or a frozen network before
-    this layer). Size-dependent memory savings are safe there; while tracing, exporting or compiling, or on
-    proxy/fake tensors, they are not: a branch on the size would freeze it into the graph."""
-    return not (type(x) is not torch.Tensor or (torch.is_grad_enabled() and x.requires_grad)
-                or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
-                or torch.compiler.is_exporting())
+    """An eager call on a plain tensor (ops.eager_plain) that needs no gradient: inference, or a frozen network
+    before this layer."""
+    return eager_plain(x) and not (torch.is_grad_enabled() and x.requires_grad)
 
 
 class ConvMlp(nn.Module):

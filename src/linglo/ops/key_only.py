@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["key_only_attention", "key_only_attention_axial", "key_only_attention_reference", "positional_mix"]
+__all__ = ["key_only_attention", "key_only_attention_axial", "key_only_attention_reference", "positional_mix",
+           "eager_plain"]
 
 # The fused Triton kernels are exact (TRITON_INTERPRET=1 on CPU; tests/ops/test_key_only_cuda.py on an H200) but
 # slower than the torch ops inside the model (0.6-0.8x throughput), so they are opt-in for their lower memory:
@@ -69,6 +70,14 @@ def _check_window(bias: Tensor, heads: int, axis: str = "rel_bias") -> int:
 def _static_branches() -> bool:
     """Size-dependent shortcuts are exact but would be frozen into a traced/exported graph: skip them there."""
     return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+
+
+def eager_plain(*tensors: Tensor) -> bool:
+    """True in an eager call on plain tensors: not traced, exported or compiled, and no fake/proxy/functional tensor
+    subclass (whose sizes may be symbolic). Size-dependent fast paths and caches are safe only there; checked before
+    any size is compared. Shared by the op's dense and fused paths and the banded MLP (layers.blocks)."""
+    return (_static_branches() and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and all(type(t) is torch.Tensor for t in tensors))
 
 
 def _crop(kernel: Tensor, size: int, dim: int) -> Tensor:
@@ -194,12 +203,9 @@ def _window_index(hh: int, ww: int, k: int, device: torch.device) -> tuple[Tenso
 
 
 def _small_map(v: Tensor, s: Tensor) -> bool:
-    """Eager on plain tensors (not traced, exported, compiled, or fake/proxy/functional tensor subclasses, whose
-    sizes may be symbolic and whose factories must not fill _window_index's cache), and at most DENSE_MAX_TOKENS
-    tokens. Checked in that order: a symbolic size is never compared."""
-    return (_static_branches() and not torch.compiler.is_compiling()
-            and type(v) is torch.Tensor and type(s) is torch.Tensor
-            and v.shape[-2] * v.shape[-1] <= DENSE_MAX_TOKENS)
+    """An eager call on plain tensors (so _window_index's cache only ever holds real tensors) with at most
+    DENSE_MAX_TOKENS tokens."""
+    return eager_plain(v, s) and v.shape[-2] * v.shape[-1] <= DENSE_MAX_TOKENS
 
 
 def _attend_dense(v: Tensor, s: Tensor, bias: Tensor, r_inf: Tensor | None, mask: Tensor | None) -> Tensor:
@@ -235,7 +241,7 @@ def _attend_dense(v: Tensor, s: Tensor, bias: Tensor, r_inf: Tensor | None, mask
 def _fused_kernels(v: Tensor):
     """The Triton module (key_only_triton) when it can run this call eagerly, else None: CUDA fp32/fp16/bf16,
     triton importable, not being traced/exported/compiled (those take the torch ops, which they fuse themselves)."""
-    if not (FUSED_CUDA and v.is_cuda and _static_branches() and not torch.compiler.is_compiling()):
+    if not (FUSED_CUDA and v.is_cuda and eager_plain(v)):
         return None
     try:
         from . import key_only_triton
@@ -284,10 +290,10 @@ def key_only_attention_general(v: Tensor, s: Tensor, r_inf: Tensor | None, *, re
     (r uniform, r_inf unused). With a window, r_inf None means window only (no global term). gate: "softmax" (normalise by Σ_j e^{s_j+r}) or "sigmoid"
     (weights σ(s_j)·e^{r}, normalised by Σ_j e^{r} alone).
     """
-    acc = torch.promote_types(v.dtype, torch.float32)
     if gate == "softmax" and (rel_bias is not None or axial_bias is not None) and _small_map(v, s):
         square = rel_bias if rel_bias is not None else axial_bias[0][:, :, None] + axial_bias[1][:, None, :]
         return _attend_dense(v, s, square, r_inf, mask)
+    acc = torch.promote_types(v.dtype, torch.float32)
     fused = gate == "softmax" and _fused_kernels(v)
     if rel_bias is not None:
         bias = rel_bias.to(acc)
