@@ -1,31 +1,43 @@
 """Ablation studies of the SPEC's claims, end to end: prepare the data, train every arm with every seed, read
 back the metrics, measure params / GMACs / latency, write a table, a CSV and a plot per study.
 
-    python benchmarks/study.py all --budget small --jobs 2       # every study, 2 CPU cores (about 1 h)
-    python benchmarks/study.py mixer --budget small --jobs 2     # one study
-    python benchmarks/study.py window --budget large --device cuda
+    python benchmarks/study.py all --budget cpu                    # every study on Imagenette, 2 CPU cores
+    python benchmarks/study.py mixer peers --budget cpu            # some studies
+    python benchmarks/study.py all --budget gpu --device cuda      # the whole grid on one GPU (see gpu_study.sh)
+    python benchmarks/study.py mixer --budget toy                  # seconds (what the tests run)
 
 Studies (SPEC claims in brackets):
-    mixer   key_only vs softmax vs linear vs separable vs none, at equal parameter count: the MLP ratio of each
-            arm is set so its backbone has the key-only backbone's parameters (claims 1-2)
+    mixer   key-only attention (the first formulation and the new ones) vs softmax, linear, separable attention
+            and no mixer, at equal parameter count: the MLP ratio of each arm is set so its backbone has the
+            baseline's parameters (claims 1-2)
     layout  alternate vs graft, same blocks, depth and width (claim 4)
     window  window 7 / 3 / 1 / 0 (global only), axial 7 vs square 7, with and without the global term (claim 2)
-    peers   linglo_t vs the timm peers of its size row, same command (claim 5 at this scale); peers_xs, peers_s,
+    peers   linglo_t vs the timm peers of its size row, same recipe (claim 5 at this scale); peers_xs, peers_s,
             peers_m: the other size rows
     cost    latency and peak memory of each mixer inside linglo_t against resolution (claim 3)
-Trained studies run classification on hymenoptera and (mixer, layout, peers) Semantic FPN segmentation on
-coco128_semseg, from ../shared/data (or --data). Every arm gets the same recipe, budget and seeds; an arm that
-several studies share (linglo_t as it is) is trained once.
+Every arm of a study gets the same recipe, budget and seeds; an arm that several studies share is trained once.
+Arms with the same seed share more than the seed: the data order, every augmentation draw (tasks.decoded keys
+them by the batch's images), and the initial weights of every module they have in common (LinGlo draws each
+module's init from its name), so a paired comparison by seed removes most of the seed-to-seed noise.
 
-Budgets: toy (seconds; the tests), small (2 CPU cores within a session), large (a GPU). Images are resized
-once to the budget's size into RUNS/data, so epochs do not decode multi-megapixel JPEGs again and again.
+Budgets (data from ../shared/data, or --data):
+    toy    Imagenette, 4 train / 2 val images per class at 32 px, 1 epoch: the tests
+    cpu    Imagenette at 128 px (stage-1 maps 32², where a 7×7 window is local), 500 train images per class,
+           the whole val split, 4 epochs, 3 seeds, 2 runs at a time of 1 thread each: one session on 2 cores
+    gpu    Imagenette at 128 px, the whole train and val split, 20 epochs, 3 seeds, bf16: one GPU, many runs
+           at a time (benchmarks/gpu_study.sh runs it in one call)
+    small  the first studies' budget: hymenoptera at 64 px (maps of 16² and smaller) and coco128_semseg
+           segmentation, kept to reproduce docs/study/small
 
 Resumable: each run is a `linglo train` run folder under RUNS; a finished run is read back, an interrupted
 one resumes from its last.pt. Rerun the same command after an interruption.
 
 Reading: per arm, mean ± sample std over seeds of the last epoch's val metric (not the best epoch: that
-would select on the val set). An arm differs from the baseline only when |difference| exceeds the spread
-sqrt(std_arm² + std_base²); smaller differences are reported as "no difference".
+would select on the val set), and the val split's own sampling error, sqrt(p(100 − p) / n) points for a
+top-1 of p % on n images. Two rules compare an arm with the baseline (and with the study's other references):
+unpaired, an arm differs only when |Δmean| > sqrt(std_arm² + std_base²); paired by seed, the per-seed
+differences d_s give mean ± std and t = mean / (std / √n), and an arm differs when |t| exceeds Student's
+two-sided 95 % point for n − 1 degrees of freedom (4.30 for 3 seeds).
 """
 from __future__ import annotations
 
@@ -38,7 +50,8 @@ import os
 import shutil
 import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
@@ -48,7 +61,6 @@ from typing import Any, Mapping, Sequence
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MIXERS = ("key_only", "softmax", "linear", "separable", "none")
 METRICS = {"classify": ("top1",), "segment": ("mIoU", "aAcc")}
-DATASETS = {"classify": "hymenoptera", "segment": "coco128_semseg"}
 
 
 @dataclass(frozen=True)
@@ -72,59 +84,112 @@ def arm(label: str, model: str = "linglo_t", equal_params: bool = False, **kwarg
 class Study:
     claim: str
     tasks: tuple[str, ...]
-    arms: tuple[Arm, ...]   # the first is the baseline
+    arms: tuple[Arm, ...]              # the first is the baseline
+    references: tuple[str, ...] = ()   # labels of more arms that every arm is compared with, paired by seed
 
 
-STUDIES: dict[str, Study] = {
-    "mixer": Study("key-only attention vs the other token mixers at equal parameter count", ("classify", "segment"),
-                   (arm("key_only"), *(arm(m, equal_params=True, token_mixer=m) for m in MIXERS[1:]))),
-    "layout": Study("alternate layout (conv and attention blocks in every stage) vs graft", ("classify", "segment"),
-                    (arm("alternate"), arm("graft", layout="graft"))),
-    "window": Study("local window and global term of key-only attention", ("classify",),
-                    (arm("7x7 + global"), arm("3x3 + global", window=3), arm("1x1 + global", window=1),
-                     arm("global only", window=0), arm("7 axial + global", axial=True),
-                     arm("7x7, no global", global_term=False))),
+# Key-only attention as first formulated (saliency from a 1×1 projection, no query side), and what the mixer study
+# adds to it within the SPEC's constraints (weights from the keys alone, no query-key product, linear cost).
+KEY_ONLY_V1 = dict(token_mixer="key_only", query_gate=False, saliency_conv=0, value_conv=0)
+KEY_ONLY_ARMS = {
+    "key_only": KEY_ONLY_V1,
+    "key_only + query gate": {**KEY_ONLY_V1, "query_gate": True},
+    "key_only + query gate + value conv": {**KEY_ONLY_V1, "query_gate": True, "value_conv": 3},
+    "key_only + query gate + value conv + saliency conv": {**KEY_ONLY_V1, "query_gate": True, "value_conv": 3,
+                                                           "saliency_conv": 3},
 }
+# The family's default as the mixer study decided it (docs/study.md); layout, window and peers vary this arm.
+DEFAULT = "key_only"
+
+
+def _mixer_study() -> Study:
+    first, *more = KEY_ONLY_ARMS.items()
+    return Study("key-only attention (first and new formulations) vs the other token mixers at equal parameter count",
+                 ("classify", "segment"),
+                 (arm(first[0], **first[1]), *(arm(label, equal_params=True, **kw) for label, kw in more),
+                  *(arm(m, equal_params=True, token_mixer=m) for m in MIXERS[1:])),
+                 references=("none", "linear"))
+
+
+def default_arm(label: str | None = None, **changes: Any) -> Arm:
+    """The family default (the mixer study's DEFAULT arm, with its equal-parameter MLP ratio) with `changes`."""
+    base = next(a for a in resolve_arms(STUDIES["mixer"]) if a.label == DEFAULT)
+    return Arm(label or DEFAULT, base.model, tuple(sorted({**dict(base.kwargs), **changes}.items())))
 
 
 def _peer_study(variant: str) -> Study:
     """A LinGlo variant vs the timm peers of its SPEC size row (those that take any input size: the study trains
-    at the budget's size, and timm builds efficientformerv2 / swin for 224² only)."""
+    at the budget's size, and timm builds some, e.g. tiny_vit, for 224² only)."""
     import timm
 
     from linglo.bench import PEERS
     peers = [m for m in PEERS[variant] if not timm.models.get_pretrained_cfg(m).fixed_input_size]
-    return Study(f"{variant} vs the timm peers of its size row, same command", ("classify", "segment"),
-                 (arm(variant, variant), *(arm(m, m) for m in peers)))
+    mixer = default_arm().kwargs   # linglo_t's equal-parameter MLP ratio is for its widths only
+    lead = Arm(variant, variant, mixer if variant == "linglo_t" else tuple(kv for kv in mixer if kv[0] != "mlp_ratio"))
+    return Study(f"{variant} vs the timm peers of its size row, same recipe", ("classify", "segment"),
+                 (lead, *(arm(m, m) for m in peers)))
 
 
-STUDIES.update({"peers" if v == "linglo_t" else f"peers_{v[len('linglo_'):]}": _peer_study(v)
-                for v in ("linglo_t", "linglo_xs", "linglo_s", "linglo_m")})
-ALL = (*STUDIES, "cost")
+STUDIES: dict[str, Study] = {"mixer": _mixer_study()}
 
-# Per budget: seeds, images kept per class / split (None = all), the size images are resized to (shorter
-# side; None = keep), each task's `linglo train` recipe, the cost study's resolutions, and which studies
-# `all` runs (default: every one).
+
+def _derived_studies() -> dict[str, Study]:
+    """Studies that vary the DEFAULT arm (built once the mixer study's arms are resolved)."""
+    studies = {
+        "layout": Study("alternate layout (conv and attention blocks in every stage) vs graft", ("classify", "segment"),
+                        (default_arm("alternate"), default_arm("graft", layout="graft"))),
+        "window": Study("local window and global term of key-only attention", ("classify",),
+                        (default_arm("7x7 + global"), default_arm("3x3 + global", window=3),
+                         default_arm("1x1 + global", window=1), default_arm("global only", window=0),
+                         default_arm("7 axial + global", axial=True), default_arm("7x7, no global", global_term=False))),
+    }
+    studies.update({"peers" if v == "linglo_t" else f"peers_{v[len('linglo_'):]}": _peer_study(v)
+                    for v in ("linglo_t", "linglo_xs", "linglo_s", "linglo_m")})
+    return studies
+
+
+ALL = ("mixer", "layout", "window", "peers", "peers_xs", "peers_s", "peers_m", "cost")
+
+# Per budget: the dataset of each task and which tasks run, seeds, train images kept per class (None = all) and
+# val images per class, the size images are resized to beforehand (shorter side; None = use the files as they
+# are), each task's `linglo train` recipe, the cost study's resolutions, the studies `all` runs, and the default
+# parallelism (--jobs / --threads).
+IMAGENETTE_RECIPE = {"img_size": 128, "scale": [0.35, 1.0], "aa": "none", "color_jitter": 0.0, "reprob": 0.0,
+                     "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1, "drop_path": 0.05, "channels_last": True,
+                     "data_cache": "memory"}
 BUDGETS: dict[str, dict[str, Any]] = {
-    "toy": {"seeds": 1, "limit": 4, "prep": {"classify": 40, "segment": 64}, "cost": [32, 64],
-            "classify": {"img_size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 0,
-                         "aa": "none", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0},
+    "toy": {"data": {"classify": "imagenette", "segment": "coco128_semseg"}, "seeds": 1, "limit": 4, "val_limit": 2,
+            "prep": {"classify": None, "segment": 64}, "cost": [32, 64], "cost_res": 64,
+            "classify": {**IMAGENETTE_RECIPE, "img_size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3,
+                         "warmup_epochs": 0},
             "segment": {"img_size": 64, "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0,
                         "head_channels": 16}},
-    "small": {"seeds": 3, "limit": None, "all": ("mixer", "layout", "window", "peers", "peers_xs", "cost"),
-              "prep": {"classify": 73, "segment": 128}, "cost": [128, 256, 512, 1024],
+    "cpu": {"data": {"classify": "imagenette"}, "tasks": ("classify",), "seeds": 3, "limit": 500, "val_limit": None,
+            "prep": {"classify": None}, "cost": [128, 256, 512, 1024], "cost_res": 224, "jobs": 2, "threads": 1,
+            "all": ("mixer", "peers", "layout", "window"),
+            "classify": {**IMAGENETTE_RECIPE, "epochs": 4, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 1,
+                         "eval_interval": 4}},
+    "gpu": {"data": {"classify": "imagenette"}, "tasks": ("classify",), "seeds": 3, "limit": None, "val_limit": None,
+            "prep": {"classify": None}, "cost": [256, 512, 1024, 2048, 4096], "cost_res": 224, "jobs": 8,
+            "threads": 2, "all": ("mixer", "peers", "window", "layout"),
+            "classify": {**IMAGENETTE_RECIPE, "epochs": 20, "batch_size": 128, "lr": 3e-3, "warmup_epochs": 2,
+                         "amp": "bf16", "eval_interval": 5}},
+    "small": {"data": {"classify": "hymenoptera", "segment": "coco128_semseg"}, "seeds": 3, "limit": None,
+              "val_limit": None, "all": ("mixer", "layout", "window", "peers", "peers_xs", "cost"),
+              "prep": {"classify": 73, "segment": 128}, "cost": [128, 256, 512, 1024], "cost_res": 224,
               "classify": {"img_size": 64, "epochs": 40, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 3,
                            "aa": "none", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0, "drop_path": 0.05},
               "segment": {"img_size": 128, "epochs": 20, "batch_size": 8, "lr": 1e-3, "warmup_epochs": 2,
                           "clip_grad": 1.0, "head_channels": 64, "drop_path": 0.1}},
-    "large": {"seeds": 5, "limit": None, "prep": {"classify": 256, "segment": 512},
-              "cost": [256, 512, 1024, 2048, 4096],
-              "classify": {"img_size": 224, "epochs": 300, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 10,
-                           "mixup": 0.0, "cutmix": 0.0},
-              "segment": {"img_size": 512, "epochs": 200, "batch_size": 16, "lr": 2e-4, "warmup_epochs": 5,
-                          "clip_grad": 1.0}},
 }
 COMMON = {"ema": False, "workers": 0, "overwrite": True}
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}   # Student t, 2-sided 95 %
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        STUDIES.update(_derived_studies())
+    return STUDIES[name]
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -140,20 +205,34 @@ def _resize(src: Path, dst: Path, short: int | None, nearest: bool) -> None:
         im.save(dst)
 
 
-def prepare_data(task: str, src: Path, dst_root: Path, short: int | None, limit: int | None) -> Path:
-    """A resized copy of the task's dataset in its own layout (built once, in a temp folder then renamed)."""
-    dst = dst_root / (f"{DATASETS[task]}-{short or 'full'}" + (f"-first{limit}" if limit else ""))
+def _place(src: Path, dst: Path, short: int | None) -> None:
+    """dst: a resized PNG copy of image src, or a link to it when the size is kept."""
+    if short is None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(src.resolve())
+    else:
+        _resize(src, dst.with_suffix(".png"), short, nearest=False)
+
+
+def prepare_data(task: str, name: str, src: Path, dst_root: Path, short: int | None, limit: int | None,
+                 val_limit: int | None) -> Path:
+    """The task's dataset in its own layout, resized (or linked, with short None) and cut to the first `limit` train
+    / `val_limit` val images per class (built once, in a temp folder then renamed)."""
+    cut = (f"-first{limit}" if limit else "") + (f"-val{val_limit}" if val_limit else "")
+    dst = dst_root / f"{name}-{short or 'orig'}{cut}"
     if dst.is_dir():
         return dst
     if not src.is_dir():
-        sys.exit(f"error: dataset folder '{src}' not found (pass --data DIR holding {DATASETS[task]}/)")
+        sys.exit(f"error: dataset folder '{src}' not found (pass --data DIR holding {name}/)")
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    if task == "classify":   # ImageFolder: split/class/image
-        for split in ("train", "val"):
+    if task == "classify":   # ImageFolder: split/class/image (+ classes.txt)
+        for split, n in (("train", limit), ("val", val_limit)):
             for cls in sorted(p for p in (src / split).iterdir() if p.is_dir()):
-                for f in sorted(cls.iterdir())[:limit]:
-                    _resize(f, tmp / split / cls.name / (f.stem + ".png"), short, nearest=False)
+                for f in sorted(cls.iterdir())[:n]:
+                    _place(f, tmp / split / cls.name / f.name, short)
+        if (src / "classes.txt").is_file():
+            shutil.copy(src / "classes.txt", tmp / "classes.txt")
     else:                    # COCO-semseg: images/<split>/x.jpg + masks/<split>/x.png; only images with a mask
         for split in ("train2017", "val2017"):
             for m in sorted((src / "masks" / split).glob("*.png"))[:limit]:
@@ -228,37 +307,55 @@ def train_one(task: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def plan_runs(studies: Sequence[Study], budget: str, seeds: int, data: Mapping[str, Path], runs: Path,
               device: str) -> dict[Path, tuple[str, dict[str, Any]]]:
-    """Every (task, arm, seed) the studies need, keyed by run folder (shared arms appear once)."""
+    """Every (task, arm, seed) the studies need, keyed by run folder (shared arms appear once), study by study
+    and within a study seed by seed, so whole studies (and whole seeds of one) finish first."""
     b = BUDGETS[budget]
     jobs: dict[Path, tuple[str, dict[str, Any]]] = {}
     for study in studies:
-        for a in resolve_arms(study):
-            for task in study.tasks:
-                for seed in range(seeds):
+        for task in study.tasks:
+            for seed in range(seeds):
+                for a in resolve_arms(study):
                     out = run_dir(runs, task, a, seed)
                     cfg = {**COMMON, **b[task], "data": str(data[task]), "model": a.model,
                            "model_kwargs": dict(a.kwargs), "seed": seed, "device": device, "output": str(out)}
-                    jobs[out] = (task, cfg)
+                    jobs.setdefault(out, (task, cfg))
     return jobs
 
 
-def execute(jobs: Mapping[Path, tuple[str, dict[str, Any]]], n_jobs: int, threads: int) -> list[str]:
-    """Run every job (n_jobs processes of `threads` threads each, or in this process when n_jobs is 1);
-    returns one line per failed run."""
+def execute(jobs: Mapping[Path, tuple[str, dict[str, Any]]], n_jobs: int, threads: int,
+            deadline: float | None = None) -> list[str]:
+    """Run every job, n_jobs processes of `threads` threads each (in this process when n_jobs is 1); no run starts
+    after `deadline` (time.time()). Returns one line per failed or skipped run."""
     failures: list[str] = []
     todo = list(jobs.items())
-    print(f"{len(todo)} runs ({n_jobs} at a time, {threads} thread(s) each); logs in each run's train.log")
+    print(f"{len(todo)} runs ({n_jobs} at a time, {threads} thread(s) each); logs in each run's train.log", flush=True)
+
+    def late() -> bool:
+        return deadline is not None and time.time() > deadline
+
     if n_jobs == 1:
         _init_worker(threads)
-        results = ((out, _attempt(task, cfg)) for out, (task, cfg) in todo)
-        for i, (out, err) in enumerate(results, 1):
-            _report(i, len(todo), out, err, failures)
+        for i, (out, (task, cfg)) in enumerate(todo, 1):
+            _report(i, len(todo), out, "not started: deadline" if late() else _attempt(task, cfg), failures)
         return failures
     with ProcessPoolExecutor(n_jobs, mp_context=get_context("spawn"), initializer=_init_worker,
                              initargs=(threads,)) as pool:
-        futures = [(out, pool.submit(_attempt, task, cfg)) for out, (task, cfg) in todo]
-        for i, (out, fut) in enumerate(futures, 1):
-            _report(i, len(todo), out, fut.result(), failures)
+        running: dict[Future, Path] = {}
+        queue = list(todo)
+        done = 0
+        while queue or running:
+            while queue and len(running) < n_jobs and not late():
+                out, (task, cfg) = queue.pop(0)
+                running[pool.submit(_attempt, task, cfg)] = out
+            if not running:   # past the deadline with runs left
+                for out, _ in queue:
+                    done += 1
+                    _report(done, len(todo), out, "not started: deadline", failures)
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                done += 1
+                _report(done, len(todo), running.pop(fut), fut.result(), failures)
     return failures
 
 
@@ -272,7 +369,8 @@ def _attempt(task: str, cfg: dict[str, Any]) -> str | None:
 
 
 def _report(i: int, n: int, out: Path, err: str | None, failures: list[str]) -> None:
-    print(f"[{i}/{n}] {out.name}: {'done' if err is None else 'FAILED ' + err}", flush=True)
+    print(f"[{i}/{n}] {time.strftime('%H:%M:%S')} {out.name}: {'done' if err is None else 'FAILED ' + err}",
+          flush=True)
     if err is not None:
         failures.append(f"{out}: {err}")
 
@@ -284,7 +382,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 def compare(arm_values: Sequence[float], base_values: Sequence[float]) -> str:
-    """'better' / 'worse' when |mean difference| > sqrt(std_arm² + std_base²), else 'no difference';
+    """Unpaired: 'better' / 'worse' when |mean difference| > sqrt(std_arm² + std_base²), else 'no difference';
     'n/a' without a spread (one seed)."""
     (ma, sa), (mb, sb) = mean_std(arm_values), mean_std(base_values)
     spread = math.hypot(sa, sb)
@@ -293,6 +391,31 @@ def compare(arm_values: Sequence[float], base_values: Sequence[float]) -> str:
     if abs(ma - mb) <= spread:
         return "no difference"
     return "better" if ma > mb else "worse"
+
+
+def compare_paired(arm_values: Sequence[float], base_values: Sequence[float]) -> dict[str, Any]:
+    """Paired by seed (value i of each list is seed i): mean and std of the differences, t = mean / (std / √n),
+    how many seeds went up, and the call: 'better' / 'worse' when |t| > Student's two-sided 95 % point."""
+    d = [a - b for a, b in zip(arm_values, base_values)]
+    n = len(d)
+    mean, std = mean_std(d)
+    if n < 2:
+        return {"mean": mean, "std": std, "t": math.nan, "up": sum(x > 0 for x in d), "n": n, "call": "n/a (1 seed)"}
+    t = math.copysign(math.inf, mean) if std == 0 and mean != 0 else (0.0 if std == 0 else mean / (std / math.sqrt(n)))
+    call = "no difference" if abs(t) <= T95.get(n - 1, 1.96) else ("better" if t > 0 else "worse")
+    return {"mean": mean, "std": std, "t": t, "up": sum(x > 0 for x in d), "n": n, "call": call}
+
+
+def paired_text(p: Mapping[str, Any]) -> str:
+    """'+1.20 ± 0.40, t 5.2, 3/3 up: better'."""
+    std = "–" if math.isnan(p["std"]) else f"{p['std']:.2f}"
+    t = "–" if math.isnan(p["t"]) else ("∞" if math.isinf(p["t"]) else f"{p['t']:.1f}")
+    return f"{p['mean']:+.2f} ± {std}, t {t}, {p['up']}/{p['n']} up: {p['call']}"
+
+
+def val_sampling_error(percent: float, n: int) -> float:
+    """Binomial standard error, in points, of an accuracy of `percent` % measured on n images."""
+    return math.sqrt(max(percent * (100 - percent), 0.0) / n) if n else math.nan
 
 
 def measure_costs(specs: Sequence[str], res: int, device: str) -> dict[str, dict[str, Any]]:
@@ -304,10 +427,13 @@ def measure_costs(specs: Sequence[str], res: int, device: str) -> dict[str, dict
 
 
 def collect(name: str, study: Study, budget: str, seeds: int, runs: Path, device: str) -> list[dict[str, Any]]:
-    """One row per (task, arm): metrics over seeds, params, GMACs and latency, and the reading vs the baseline."""
+    """One row per (task, arm): metrics over seeds, the val split's sampling error, params, GMACs and latency, and
+    the reading vs the baseline (unpaired and paired) and vs the study's references (paired)."""
     arms = resolve_arms(study)
-    cost_res = 224 if budget != "toy" else 64
+    cost_res = BUDGETS[budget]["cost_res"]
     costs = measure_costs([a.spec for a in arms], cost_res, device)
+    by_label = {a.label: a for a in arms}
+    refs = [arms[0].label, *(r for r in study.references if r in by_label and r != arms[0].label)]
     rows = []
     for task in study.tasks:
         values: dict[Arm, dict[str, list[float]]] = {}
@@ -316,22 +442,27 @@ def collect(name: str, study: Study, budget: str, seeds: int, runs: Path, device
             values[a] = {m: [s["last"][f"val_{m}"] for s in summaries] for m in METRICS[task]}
             values[a]["params_m"] = [summaries[0]["params"] / 1e6]
             values[a]["time_s"] = [s["time_s"] for s in summaries]
-        base = values[arms[0]]
+            values[a]["n_val"] = [summaries[0]["data"].get("images", {}).get("val", 0)]
         for a in arms:
             v, c = values[a], costs[a.spec]
             row = {"study": name, "task": task, "arm": a.label, "model": a.spec, "seeds": seeds,
                    "params_m": v["params_m"][0], "backbone_params_m": backbone_params(a) / 1e6,
                    f"gmacs_{cost_res}": c["gmacs"], f"latency_ms_{cost_res}": c["latency_ms"],
-                   "train_time_s": statistics.fmean(v["time_s"])}
+                   "train_time_s": statistics.fmean(v["time_s"]), "val_images": int(v["n_val"][0])}
             for m in METRICS[task]:
                 mean, std = mean_std(v[m])
-                row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_seeds": " ".join(f"{x:.2f}" for x in v[m]),
-                            f"{m}_vs_base": "baseline" if a == arms[0] else compare(v[m], base[m])})
+                se = val_sampling_error(mean, v["n_val"][0]) if task == "classify" else math.nan   # top-1: binomial
+                row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_val_se": se,
+                            f"{m}_seeds": " ".join(f"{x:.2f}" for x in v[m]),
+                            f"{m}_vs_base": "baseline" if a == arms[0] else compare(v[m], values[arms[0]][m])})
+                for r in refs:
+                    row[f"{m}_paired_vs_{r}"] = "–" if a.label == r else paired_text(
+                        compare_paired(v[m], values[by_label[r]][m]))
             rows.append(row)
     return rows
 
 
-def write_results(name: str, rows: list[dict[str, Any]], out: Path, header: str) -> None:
+def write_results(name: str, rows: list[dict[str, Any]], out: Path, header: str, datasets: Mapping[str, str]) -> None:
     """results.csv, results.md (a markdown table) and results.png (mean ± std, one dot per seed)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -352,21 +483,26 @@ def write_results(name: str, rows: list[dict[str, Any]], out: Path, header: str)
     for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         ms = METRICS[task]
-        lines += [f"**{task}** ({DATASETS[task]})", "",
+        paired = [c for c in cols if c.startswith(f"{ms[0]}_paired_vs_")]
+        lines += [f"**{task}** ({datasets[task]}, {mine[0]['val_images']} val images)", "",
                   "| arm | model | params (M) | GMACs@" + gm.split("_")[-1] + " | latency ms@" + lat.split("_")[-1]
-                  + " | " + " | ".join(f"{m} mean ± std (seeds) | vs baseline" for m in ms) + " |",
-                  "|" + "---|" * (5 + 2 * len(ms))]
+                  + " | " + " | ".join(f"{m} mean ± std (seeds) [± val SE] | unpaired vs baseline" for m in ms)
+                  + "".join(f" | {ms[0]} paired vs {c.split('_paired_vs_')[1]}" for c in paired) + " |",
+                  "|" + "---|" * (5 + 2 * len(ms) + len(paired))]
         for r in mine:
             cells = [r["arm"], f"`{r['model']}`", f"{r['params_m']:.2f}", f"{r[gm]:.3f}", f"{r[lat]:.1f}"]
             for m in ms:
                 std = "–" if math.isnan(r[f"{m}_std"]) else f"{r[f'{m}_std']:.2f}"
-                cells += [f"{r[f'{m}_mean']:.2f} ± {std} ({r[f'{m}_seeds']})", r[f"{m}_vs_base"]]
+                se = "–" if math.isnan(r[f"{m}_val_se"]) else f"{r[f'{m}_val_se']:.2f}"
+                cells += [f"{r[f'{m}_mean']:.2f} ± {std} ({r[f'{m}_seeds']}) [± {se}]",
+                          r[f"{m}_vs_base"]]
+            cells += [r[c] for c in paired]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     atomic_write_text(out / "results.md", "\n".join(lines))
 
     panels = [(t, m) for t in dict.fromkeys(r["task"] for r in rows) for m in METRICS[t][:1]]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(5.5, 0.9 * len(rows)) * len(panels), 4.5), squeeze=False)
     for ax, (task, m) in zip(axes[0], panels):
         mine = [r for r in rows if r["task"] == task]
         for i, r in enumerate(mine):
@@ -375,9 +511,11 @@ def write_results(name: str, rows: list[dict[str, Any]], out: Path, header: str)
                    color="tab:blue" if i == 0 else "tab:gray", alpha=0.6)
             ax.plot([i] * len(seeds), seeds, "k.", ms=5)
         ax.set_xticks(range(len(mine)), [f"{r['arm']}\n{r['params_m']:.2f}M" for r in mine], rotation=30,
-                      ha="right", fontsize=8)
+                      ha="right", fontsize=7)
+        lo = min(float(x) for r in mine for x in r[f"{m}_seeds"].split())
+        ax.set_ylim(bottom=max(0.0, lo - 10))
         ax.set_ylabel(f"val {m} (last epoch)")
-        ax.set_title(f"{name}: {task} on {DATASETS[task]}", fontsize=10)
+        ax.set_title(f"{name}: {task} on {datasets[task]}", fontsize=10)
     fig.tight_layout()
     atomic_savefig(fig, out / "results.png")
     plt.close(fig)
@@ -395,51 +533,68 @@ def run_cost(budget: str, device: str, out: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("study", choices=(*ALL, "all"))
-    p.add_argument("--budget", choices=tuple(BUDGETS), default="small")
+    p.add_argument("study", nargs="+", choices=(*ALL, "all"), metavar="STUDY",
+                   help=f"one or more of {', '.join(ALL)}, or all (the budget's list)")
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="cpu")
     p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the budget's)")
-    p.add_argument("--tasks", nargs="+", choices=tuple(METRICS), default=tuple(METRICS),
-                   help="train only these tasks of each study (default: all of them)")
-    p.add_argument("--jobs", type=int, default=1, help="runs at a time (CPU: one per core, 1 thread each)")
-    p.add_argument("--threads", type=int, default=None, help="threads per run (default: cores / jobs)")
+    p.add_argument("--tasks", nargs="+", choices=tuple(METRICS), default=None,
+                   help="train only these tasks of each study (default: the budget's)")
+    p.add_argument("--jobs", type=int, default=None, help="runs at a time (default: the budget's, else 1)")
+    p.add_argument("--threads", type=int, default=None, help="threads per run (default: the budget's, else "
+                                                             "cores / jobs)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--data", type=Path, default=DATA, help=f"folder with {' and '.join(DATASETS.values())}/")
+    p.add_argument("--data", type=Path, default=DATA, help="folder with the budget's datasets (default: "
+                                                           "../shared/data)")
     p.add_argument("--runs", type=Path, default=None, help="run folders (default: runs/study/BUDGET)")
     p.add_argument("--results", type=Path, default=None, help="tables and plots (default: docs/study/BUDGET)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="start no run after this many seconds; tables are written for the studies that finished")
     args = p.parse_args(argv)
-    names = BUDGETS[args.budget].get("all", ALL) if args.study == "all" else (args.study,)
-    seeds = args.seeds or BUDGETS[args.budget]["seeds"]
-    if seeds < 1 or args.jobs < 1:
+    b = BUDGETS[args.budget]
+    names = list(dict.fromkeys(n for s in args.study for n in (b.get("all", ALL) if s == "all" else (s,))))
+    seeds = args.seeds or b["seeds"]
+    jobs = args.jobs or b.get("jobs", 1)
+    if seeds < 1 or jobs < 1:
         p.error("--seeds and --jobs must be >= 1")
+    deadline = None if args.deadline_s is None else time.time() + args.deadline_s
     runs = args.runs or Path("runs/study") / args.budget
     results = args.results or Path("docs/study") / args.budget
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    studies = {n: replace(STUDIES[n], tasks=tuple(t for t in STUDIES[n].tasks if t in args.tasks))
-               for n in names if n in STUDIES}
+    threads = args.threads or b.get("threads") or max(1, (os.cpu_count() or 1) // jobs)
+    wanted = tuple(args.tasks or b.get("tasks", tuple(METRICS)))
+    studies = {n: replace(get_study(n), tasks=tuple(t for t in get_study(n).tasks if t in wanted))
+               for n in names if n != "cost"}
     studies = {n: s for n, s in studies.items() if s.tasks}
 
-    b = BUDGETS[args.budget]
     tasks = sorted({t for s in studies.values() for t in s.tasks})
-    data = {t: prepare_data(t, args.data / DATASETS[t], runs / "data", b["prep"][t], b["limit"]) for t in tasks}
-    failures = execute(plan_runs(list(studies.values()), args.budget, seeds, data, runs, args.device), args.jobs,
-                       threads)
-    if failures:
-        print("error: some runs failed (rerun the same command to retry them):\n  " + "\n  ".join(failures),
-              file=sys.stderr)
-        return 1
+    data = {t: prepare_data(t, b["data"][t], args.data / b["data"][t], runs / "data", b["prep"][t], b["limit"],
+                            b["val_limit"]) for t in tasks}
+    failures = execute(plan_runs(list(studies.values()), args.budget, seeds, data, runs, args.device), jobs,
+                       threads, deadline)
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
+    failed_dirs = {f.split(": ", 1)[0] for f in failures}
     for name, s in studies.items():
+        missing = [str(run_dir(runs, t, a, seed)) for t in s.tasks for a in resolve_arms(s) for seed in range(seeds)
+                   if str(run_dir(runs, t, a, seed)) in failed_dirs]
+        if missing:
+            print(f"{name}: no table ({len(missing)} run(s) failed or not started)")
+            continue
         header = (f"### {name}: {s.claim}\n\nBudget `{args.budget}`, {seeds} seed(s), device {args.device}; "
                   f"recipe per task: " + "; ".join(f"{t}: `{json.dumps(b[t])}`" for t in s.tasks)
-                  + f". Command: `python benchmarks/study.py {name} --budget {args.budget} --jobs {args.jobs}"
-                  + (f" --seeds {args.seeds}" if args.seeds else "")
-                  + (f" --tasks {' '.join(args.tasks)}" if tuple(args.tasks) != tuple(METRICS) else "")
+                  + f". Command: `python benchmarks/study.py {name} --budget {args.budget}"
+                  + (f" --seeds {args.seeds}" if args.seeds else "") + (f" --jobs {args.jobs}" if args.jobs else "")
+                  + (f" --tasks {' '.join(args.tasks)}" if args.tasks else "")
+                  + (f" --device {args.device}" if args.device != "cpu" else "")
                   + (f" --results {args.results}" if args.results else "") + "`.")
-        write_results(name, collect(name, s, args.budget, seeds, runs, args.device), results / name, header)
+        write_results(name, collect(name, s, args.budget, seeds, runs, args.device), results / name, header,
+                      b["data"])
         print(f"{name}: wrote {results / name}/results.md, results.csv, results.png")
     if "cost" in names:
         run_cost(args.budget, args.device, results / "cost")
+    if failures:
+        print("error: some runs failed or did not start (rerun the same command to retry them):\n  "
+              + "\n  ".join(failures), file=sys.stderr)
+        return 1
     return 0
 
 

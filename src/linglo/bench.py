@@ -40,12 +40,12 @@ from linglo.errors import LingloError
 __all__ = ["BenchConfig", "PEERS", "expand_models", "unsupported_reason", "run_bench", "fit_exponent", "peak_bytes",
            "synchronize", "environment", "peer_ratios", "write_csv", "loglog_axes", "plot", "print_tables", "bench"]
 
-# The timm peers of each LinGlo variant (SPEC family table, as far as timm has them).
+# The timm peers of each LinGlo variant: the 2024-26 efficient backbones of its SPEC size row.
 PEERS: dict[str, tuple[str, ...]] = {
-    "linglo_t": ("edgenext_x_small", "convnext_atto"),
-    "linglo_xs": ("mobilevitv2_100", "edgenext_small", "efficientformerv2_s1"),
-    "linglo_s": ("efficientvit_b1", "fastvit_sa12", "pvt_v2_b1"),
-    "linglo_m": ("efficientvit_b2", "pvt_v2_b2", "swin_tiny_patch4_window7_224"),
+    "linglo_t": ("starnet_s1", "mobilenetv4_conv_small", "fastvit_t8", "convnext_atto", "edgenext_x_small"),
+    "linglo_xs": ("repvit_m0_9", "starnet_s3", "tiny_vit_5m_224", "edgenext_small", "mobilevitv2_100"),
+    "linglo_s": ("mobilenetv4_hybrid_medium", "repvit_m1_1", "fastvit_sa12", "efficientvit_b1", "tiny_vit_11m_224"),
+    "linglo_m": ("caformer_s18", "fastvit_sa24", "efficientvit_b2", "tiny_vit_21m_224", "pvt_v2_b2"),
 }
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # reduced precision = autocast
 

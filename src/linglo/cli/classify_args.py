@@ -24,6 +24,12 @@ def add_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any]) -> 
         g.add_argument("--mixup-switch-prob", type=float, default=S, help=f"(default: {d['mixup_switch_prob']})")
         g.add_argument("--smoothing", type=float, default=S, help=f"label smoothing (default: {d['smoothing']})")
         g.add_argument("--drop-path", type=float, default=S, help=f"stochastic depth rate (default: {d['drop_path']})")
+    if command in ("train", "demo", "eval"):
+        g.add_argument("--data-cache", choices=("auto", "memory", "off"), default=S,
+                       help="memory: decode every image once into uint8 memory and augment whole batches as tensors "
+                            "on the training device (no per-epoch JPEG decoding; random-resized crop, flip, colour "
+                            "jitter, erasing, mixup; not RandAugment); off: PIL transforms per image in loader "
+                            f"workers; auto: memory when --aa is none and the data fits (default: {d['data_cache']})")
     g.add_argument("--interpolation", choices=("bicubic", "bilinear", "nearest"), default=S,
                    help=f"(default: {d['interpolation']})")
     g.add_argument("--crop-pct", type=float, default=S, help=f"eval center-crop fraction (default: {d['crop_pct']})")

@@ -29,6 +29,9 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
                        help="extra timm.create_model arguments, e.g. --model-kwargs token_mixer=softmax window=3 "
                             "(kept in the checkpoint, so eval/predict/resume rebuild the same model)")
     if command == "train":
+        g.add_argument("--eval-interval", type=int, default=S, metavar="N",
+                       help=f"evaluate every N epochs and after the last; best.pt is the best evaluated epoch "
+                            f"(default: {d['eval_interval']})")
         g.add_argument("--data", default=S, help="dataset folder or built-in name ('default': the embedded "
                                                  "object/person set)")
     if command in ("eval", "predict"):
@@ -65,6 +68,9 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
         g.add_argument("--seed", type=int, default=S, help=f"(default: {d['seed']})")
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=S,
                    help="mixed precision; auto = bf16 on GPU (fp16 without bf16), none on CPU (default: auto)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=S,
+                   help="model and batches in channels_last (NHWC) memory format: faster convolutions on CPU and "
+                        f"GPU for most models (default: {'on' if d['channels_last'] else 'off'})")
     if command != "demo":
         g.add_argument("--config", default=S, metavar="FILE",
                        help="YAML/JSON file setting any flag by name (batch-size or batch_size); "

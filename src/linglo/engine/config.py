@@ -20,6 +20,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "data": None,
     "output": None,           # runs/<task>-<model>
     "epochs": 300,
+    "eval_interval": 1,       # evaluate every N epochs, and always after the last
     "batch_size": 128,        # per process
     "img_size": 224,
     "lr": None,               # None: lr_base x global batch / lr_base_size
@@ -35,6 +36,7 @@ ENGINE_DEFAULTS: dict[str, Any] = {
     "min_lr": 1e-5,
     "clip_grad": None,        # max gradient norm; None: no clipping
     "amp": "auto",            # auto | none | bf16 | fp16
+    "channels_last": False,   # model and input batches in NHWC memory format (timm's --channels-last)
     "ema": True,
     "ema_decay": 0.99996,
     "device": "auto",
@@ -51,7 +53,7 @@ OPTIONAL_TYPES: dict[str, type] = {
 }
 CHOICES = {"amp": ("auto", "none", "bf16", "fp16"), "opt": ("adamw", "adam", "lamb", "sgd"),
            "sched": ("cosine", "tanh", "poly", "step", "multistep")}
-POSITIVE = ("epochs", "batch_size", "img_size", "lr", "lr_base", "lr_base_size", "clip_grad")
+POSITIVE = ("epochs", "eval_interval", "batch_size", "img_size", "lr", "lr_base", "lr_base_size", "clip_grad")
 NON_NEGATIVE = ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "workers", "seed")
 # Keys that describe one invocation, not the run: never taken from a checkpoint's stored config.
 TRANSIENT = ("resume", "overwrite", "checkpoint", "use_ema")

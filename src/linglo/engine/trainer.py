@@ -89,7 +89,7 @@ def _loaders(task: Task, train_ds: Dataset | None, val_ds: Dataset, cfg: Mapping
              ctx: DistContext) -> tuple[DataLoader | None, DataLoader]:
     """Train: shuffled per epoch (DistributedSampler, seeded), full batches only. Val: this rank's
     share (every world-th image, no padding, so metrics gathered over ranks count each image once)."""
-    common = dict(batch_size=cfg["batch_size"], num_workers=cfg["workers"], collate_fn=task.collate_fn,
+    common = dict(batch_size=cfg["batch_size"], num_workers=task.workers(), collate_fn=task.collate_fn,
                   pin_memory=ctx.device.type == "cuda")
     train_loader = None
     if train_ds is not None:
@@ -103,6 +103,18 @@ def _loaders(task: Task, train_ds: Dataset | None, val_ds: Dataset, cfg: Mapping
     return train_loader, val_loader
 
 
+def _batch(task: Task, raw: Any, device: torch.device, train: bool):
+    """task.to_batch, with image batches in channels_last memory format when the run asks for it."""
+    batch = task.to_batch(raw, device, train=train)
+    if task.cfg.get("channels_last") and isinstance(batch.inputs, torch.Tensor) and batch.inputs.dim() == 4:
+        batch.inputs = batch.inputs.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def _place(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
+    return model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
+
+
 # ---- the loop ----------------------------------------------------------------------------------
 def evaluate_model(task: Task, model: nn.Module, loader: DataLoader, ctx: DistContext, amp: str,
                    console: Console, label: str = "val") -> dict[str, Any]:
@@ -112,7 +124,7 @@ def evaluate_model(task: Task, model: nn.Module, loader: DataLoader, ctx: DistCo
     with torch.no_grad(), EpochBar(console, label, len(loader), transient=True) as bar:
         for raw in loader:
             with autocast(ctx.device, amp):
-                task.eval_step(model, task.to_batch(raw, ctx.device, train=False), state)
+                task.eval_step(model, _batch(task, raw, ctx.device, train=False), state)
             bar.update()
     return task.eval_end(ctx.all_gather(state))
 
@@ -126,7 +138,7 @@ def _train_epoch(task: Task, model: nn.Module, raw_model: nn.Module, loader: Dat
     start = time.perf_counter()
     with EpochBar(console, f"epoch {epoch + 1}/{cfg['epochs']}", len(loader)) as bar:
         for raw in loader:
-            batch = task.to_batch(raw, ctx.device, train=True)
+            batch = _batch(task, raw, ctx.device, train=True)
             with autocast(ctx.device, amp):
                 loss, _ = task.loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -185,7 +197,7 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
     meta = {"task": task.name, "model": cfg["model"], **task.meta}
     if ckpt is not None:
         check_compatible(ckpt, ckpt_path, meta)
-    model = task.build_model().to(ctx.device)
+    model = _place(task.build_model(), ctx.device, cfg["channels_last"])
     n_params = sum(p.numel() for p in model.parameters())
     ema = ModelEmaV3(model, decay=cfg["ema_decay"], use_warmup=True) if cfg["ema"] else None
     train_loader, val_loader = _loaders(task, train_ds, val_ds, cfg, ctx)
@@ -237,7 +249,8 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
     def summary(status: str, detail: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
         return {"status": status, "task": task.name, "model": cfg["model"], "params": n_params,
                 "epochs": cfg["epochs"], "epochs_done": history[-1]["epoch"],
-                "primary_metric": f"val_{task.primary_metric}", "best": history[best["epoch"] - 1],
+                "primary_metric": f"val_{task.primary_metric}",
+                "best": history[best["epoch"] - 1] if best else None,
                 "last": history[-1], "val_detail": {k: v for k, v in detail.items() if k not in history[-1]},
                 "time_s": sum(r["epoch_time_s"] for r in history), "device": str(ctx.device), "amp": amp,
                 "world_size": ctx.world, "global_batch": global_batch, "lr": lr, "data": data, "meta": meta,
@@ -249,15 +262,19 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
         train_loader.sampler.set_epoch(epoch)
         train_loss, step, rate = _train_epoch(task, ddp, model, train_loader, optimizer, scheduler, scaler, ema,
                                               cfg, ctx, amp, epoch, step, console)
-        metrics = evaluate_model(task, model, val_loader, ctx, amp, console)
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-               **scalars(metrics, "val_")}
-        if ema is not None:
-            row.update(scalars(evaluate_model(task, ema.module, val_loader, ctx, amp, console, "val (EMA)"), "ema_val_"))
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss}
+        evaluated = (epoch + 1) % cfg["eval_interval"] == 0 or epoch + 1 == cfg["epochs"]
+        if evaluated:
+            metrics = evaluate_model(task, model, val_loader, ctx, amp, console)
+            row.update(scalars(metrics, "val_"))
+            if ema is not None:
+                row.update(scalars(evaluate_model(task, ema.module, val_loader, ctx, amp, console, "val (EMA)"),
+                                   "ema_val_"))
         row.update(epoch_time_s=time.perf_counter() - t0, train_img_per_s=rate)
         history.append(row)
-        value = row[f"val_{task.primary_metric}"]
-        is_best = best is None or (value > best["value"] if task.higher_is_better else value < best["value"])
+        value = row.get(f"val_{task.primary_metric}")
+        is_best = evaluated and (best is None or (value > best["value"] if task.higher_is_better
+                                                  else value < best["value"]))
         if is_best:
             best = {"epoch": epoch + 1, "value": value}
         rng = ctx.all_gather(capture_rng())
@@ -310,7 +327,7 @@ def _checkpoint_model(task: Task, ckpt: Mapping[str, Any], path: Path, use_ema: 
     if use_ema and ckpt.get("ema") is None:
         raise LingloError(f"checkpoint '{path}' has no EMA weights (trained without EMA); drop --use-ema")
     load_weights(model, ckpt["ema"] if use_ema else ckpt["model"], path)
-    return model.to(device).eval()
+    return _place(model, device, task.cfg["channels_last"]).eval()
 
 
 def evaluate(task_name: str, *, file_cfg: Mapping[str, Any] | None = None,

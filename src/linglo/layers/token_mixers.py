@@ -32,11 +32,15 @@ class KeyOnlyAttention(nn.Module):
 
     window: k of the k×k relative-bias window (odd; 0 = global only). axial: separable window
     e^{b_y+b_x} (cost 2k, not k²). global_term: keep the e^{r_inf} term for keys outside the window.
-    query_gate: y_i = W_o(σ(W_q x_i) ⊙ Σ_j a_ij v_j). gate: "softmax" normaliser or "sigmoid" weights.
+    query_gate: y_i = W_o(σ(W_q x_i) ⊙ Σ_j a_ij v_j) (elementwise: no query-key product). gate: "softmax"
+    normaliser or "sigmoid" weights. saliency_conv: k of a depthwise conv over the saliency logits before the
+    gate (saliency from a token's neighbourhood, not the token alone; 0 = off). value_conv: k of a depthwise
+    conv over the values added to the attended output (a local value path, as CSWin's LePE; 0 = off).
     """
 
     def __init__(self, dim: int, head_dim: int = 32, window: int = 7, axial: bool = False, global_term: bool = True,
-                 query_gate: bool = False, gate: str = "softmax", r_inf_init: float = -3.0):
+                 query_gate: bool = False, gate: str = "softmax", saliency_conv: int = 0, value_conv: int = 0,
+                 r_inf_init: float = -3.0):
         super().__init__()
         if window < 0 or (window and window % 2 == 0):
             raise ValueError(f"KeyOnlyAttention: window must be 0 (global only) or odd, got {window}")
@@ -44,12 +48,18 @@ class KeyOnlyAttention(nn.Module):
             raise ValueError("KeyOnlyAttention: window=0 needs global_term=True (nothing would be attended)")
         if gate not in ("softmax", "sigmoid"):
             raise ValueError(f"KeyOnlyAttention: gate must be 'softmax' or 'sigmoid', got {gate!r}")
+        for name, k in (("saliency_conv", saliency_conv), ("value_conv", value_conv)):
+            if k < 0 or (k and k % 2 == 0):
+                raise ValueError(f"KeyOnlyAttention: {name} must be 0 (off) or odd, got {k}")
         self.heads = _heads(dim, head_dim)
         self.head_dim = dim // self.heads
         self.window, self.axial, self.gate = window, axial, gate
         self.query_gate = query_gate
         # one 1×1 conv: values (C), saliency (h) and optionally the query gate (C)
         self.proj_in = nn.Conv2d(dim, dim * (2 if query_gate else 1) + self.heads, 1)
+        self.saliency_conv = (nn.Conv2d(self.heads, self.heads, saliency_conv, padding=saliency_conv // 2,
+                                        groups=self.heads) if saliency_conv else None)
+        self.value_conv = nn.Conv2d(dim, dim, value_conv, padding=value_conv // 2, groups=dim) if value_conv else None
         self.proj_out = nn.Conv2d(dim, dim, 1)
         if window and axial:
             self.bias_y = nn.Parameter(torch.zeros(self.heads, window))
@@ -62,14 +72,20 @@ class KeyOnlyAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, c, hh, ww = x.shape
         y = self.proj_in(x)
-        v = y[:, :c].reshape(b, self.heads, self.head_dim, hh, ww)         # (B, h, d, H, W)
-        s = y[:, c:c + self.heads] / math.sqrt(self.head_dim)              # (B, h, H, W) saliency logits
+        v_map = y[:, :c]                                                   # (B, C, H, W)
+        s = y[:, c:c + self.heads]                                         # (B, h, H, W)
+        if self.saliency_conv is not None:   # padded tokens act as zero padding, as in the unpadded image
+            s = self.saliency_conv(s if mask is None else s * mask[:, None].to(s.dtype))
+        v = v_map.reshape(b, self.heads, self.head_dim, hh, ww)            # (B, h, d, H, W)
         window = {}
         if self.window and self.axial:
             window["axial_bias"] = (self.bias_y, self.bias_x)
         elif self.window:
             window["rel_bias"] = self.rel_bias
-        out = key_only_attention_general(v, s, self.r_inf, gate=self.gate, mask=mask, **window).reshape(b, c, hh, ww)
+        out = key_only_attention_general(v, s / math.sqrt(self.head_dim), self.r_inf, gate=self.gate, mask=mask,
+                                         **window).reshape(b, c, hh, ww)   # (B, C, H, W)
+        if self.value_conv is not None:
+            out = out + self.value_conv(v_map if mask is None else v_map * mask[:, None].to(v_map.dtype))
         if self.query_gate:
             out = out * torch.sigmoid(y[:, c + self.heads:])
         return self.proj_out(out)

@@ -8,6 +8,7 @@ forward_features: padded tokens then stay zero and take no attention weight.
 """
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import torch
@@ -69,17 +70,19 @@ class LinGlo(nn.Module):
     """LinGlo backbone + classifier.
 
     widths/depths: per stage. layout: "alternate" | "graft". token_mixer: "key_only" | "softmax" | "linear" |
-    "separable" | "none". window/axial/global_term/query_gate/gate: key-only attention options (see
-    layers.KeyOnlyAttention). head_hidden: pre-logits MLP width (None = none).
+    "separable" | "none". window/axial/global_term/query_gate/gate/saliency_conv/value_conv: key-only attention
+    options (see layers.KeyOnlyAttention). head_hidden: pre-logits MLP width (None = none).
     """
 
     def __init__(self, widths=(32, 64, 128, 256), depths=(2, 2, 6, 2), in_chans: int = 3, num_classes: int = 1000,
                  global_pool: str = "avg", layout: str = "alternate", token_mixer: str = "key_only",
                  head_dim: int = 32, window: int = 7, axial: bool = False, global_term: bool = True,
-                 query_gate: bool = False, gate: str = "softmax", conv_kernel: int = 7, mlp_ratio: float = 4.0,
+                 query_gate: bool = False, gate: str = "softmax", saliency_conv: int = 0, value_conv: int = 0,
+                 conv_kernel: int = 7, mlp_ratio: float = 4.0,
                  ls_init: float | None = 1e-6, head_hidden: int | None = None, drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0):
         super().__init__()
+        init_seed = int(torch.randint(0, 2**62, (1,), device="cpu"))   # see _init_weights
         if len(widths) != 4 or len(depths) != 4:
             raise ValueError(f"LinGlo: widths and depths need 4 stages, got {len(widths)} and {len(depths)}")
         if token_mixer not in TOKEN_MIXERS:
@@ -88,7 +91,8 @@ class LinGlo(nn.Module):
         self.num_features = self.head_hidden_size = widths[-1]
         self.drop_rate = drop_rate
         self.layout, self.token_mixer = layout, token_mixer
-        mixer_kwargs = dict(window=window, axial=axial, global_term=global_term, query_gate=query_gate, gate=gate)
+        mixer_kwargs = dict(window=window, axial=axial, global_term=global_term, query_gate=query_gate, gate=gate,
+                            saliency_conv=saliency_conv, value_conv=value_conv)
         self.stem = Stem(in_chans, widths[0])
         n = sum(depths)   # drop-path rate rising linearly over all blocks (plain floats: works on the meta device)
         rates = [drop_path_rate * j / max(n - 1, 1) for j in range(n)]
@@ -103,14 +107,21 @@ class LinGlo(nn.Module):
                                           drop_rate=drop_rate, norm_layer=LayerNorm2d)
         if head_hidden:
             self.head_hidden_size = head_hidden
-        self.apply(self._init_weights)
+        self._init_weights(init_seed)
 
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    def _init_weights(self, base: int) -> None:
+        """Conv and linear weights trunc_normal(std 0.02), biases 0. Each module draws from its own generator,
+        seeded by one draw from torch's global RNG and the module's name, so two models built after the same
+        torch.manual_seed start their same-named, same-shaped modules from the same weights whatever else differs
+        between them (arms of a study share the init of their shared parts). `base` is drawn before any module is
+        built: building modules draws from the global RNG too, more for some variants than for others."""
+        for name, m in self.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if m.weight.device.type != "meta":
+                    g = torch.Generator(m.weight.device).manual_seed(base ^ zlib.crc32(name.encode()))
+                    nn.init.trunc_normal_(m.weight, std=0.02, generator=g)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     # ---- timm model API -------------------------------------------------------------------------------------
     @torch.jit.ignore

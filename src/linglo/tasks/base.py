@@ -64,6 +64,10 @@ class Task:
         """The "train" or "val" dataset; fills self.meta from the data (e.g. class names)."""
         raise NotImplementedError
 
+    def workers(self) -> int:
+        """DataLoader worker processes for this task's datasets (default: --workers)."""
+        return self.cfg["workers"]
+
     def build_model(self) -> nn.Module:
         """A fresh model for self.meta and self.cfg (never downloads weights)."""
         raise NotImplementedError

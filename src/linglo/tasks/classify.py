@@ -4,12 +4,17 @@ Metrics: loss (plain cross-entropy), top1, top5 (only with more than 5 classes),
 (balanced accuracy), per_class_acc and confusion_matrix (rows: true class).
 
 Data is a folder `ROOT/{train,val}/<class>/<image>` or a built-in name ("default": the small
-object-vs-person crop set shipped in linglo/assets). Augmentation is timm's create_transform with
-the DeiT defaults (RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, colour jitter 0.3,
-bicubic), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1; drop_path goes to the timm model.
+object-vs-person crop set shipped in linglo/assets). An optional `ROOT/classes.txt` (lines "folder<TAB>name",
+as Imagenette ships) gives the class names shown in tables, the confusion matrix and predictions.
+Augmentation is timm's create_transform with the DeiT defaults (RandAugment rand-m9-mstd0.5-inc1, random
+erasing 0.25, colour jitter 0.3, bicubic), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1; drop_path goes to
+the timm model. Without RandAugment (--aa none) the images are decoded once into memory and batches are
+augmented as tensors on the training device (tasks.decoded; --data-cache).
 """
 from __future__ import annotations
 
+import functools
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,11 +28,14 @@ from torch import nn
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
+from linglo.tasks.decoded import BatchAugment, DecodedImages, batch_key, physical_memory, train_side
 from linglo.tasks.image_folder import CheckedImageFolder, split_dir
 from linglo.tasks.model_names import check_model_name, create_model
 from linglo.tasks.posterize_guard import guard_posterize
 
 BUILTIN_DATASETS = {"default": "assets/default_dataset"}
+CLASS_NAMES_FILE = "classes.txt"
+CACHE_MEMORY_FRACTION = 0.25   # --data-cache auto decodes into memory when both splits fit in this share of RAM
 # `linglo demo`: the recipe scaled to ~150 images of 64 px and a few minutes on 2 CPU cores.
 DEMO_CONFIG = {"data": "default", "model": "linglo_t", "img_size": 64, "epochs": 15, "batch_size": 32,
                "lr": 2e-3, "warmup_epochs": 2, "aa": "none", "reprob": 0.0, "mixup": 0.0, "cutmix": 0.0,
@@ -67,6 +75,7 @@ class ClassifyTask(Task):
         "interpolation": "bicubic",
         "crop_pct": 0.875,
         "topk": 5,
+        "data_cache": "auto",           # memory: decode once, augment tensors | off: PIL per image | auto
     }
 
     def __init__(self, cfg: Mapping[str, Any]):
@@ -75,6 +84,13 @@ class ClassifyTask(Task):
         self.mixup: Mixup | None = None
         self.sizes: dict[str, int] = {}
         self.skipped: list[str] = []
+        self.cached: dict[str, str] = {}
+        self.augment: BatchAugment | None = None
+        if self.cfg["data_cache"] not in ("auto", "memory", "off"):
+            raise LingloError(f"--data-cache must be auto, memory or off, got {self.cfg['data_cache']!r}")
+        if self.cfg["data_cache"] == "memory" and self._aa():
+            raise LingloError(f"--data-cache memory augments tensors, which --aa {self.cfg['aa']} cannot: "
+                              "pass --aa none, or --data-cache off")
         if self._mixup_on() and self.cfg["batch_size"] % 2:
             raise LingloError(f"--batch-size must be even with mixup/cutmix on (got {self.cfg['batch_size']}); "
                               "or pass --mixup 0 --cutmix 0")
@@ -84,12 +100,15 @@ class ClassifyTask(Task):
         c = self.cfg
         return (c["mixup"] > 0 or c["cutmix"] > 0) and c["mixup_prob"] > 0
 
+    def _aa(self) -> str | None:
+        aa = self.cfg["aa"]
+        return aa if aa and aa.lower() != "none" else None
+
     # ---- data -------------------------------------------------------------------------------
     def transform(self, train: bool):
         c = self.cfg
         if train:
-            aa = c["aa"] if c["aa"] and c["aa"].lower() != "none" else None
-            t = create_transform(c["img_size"], is_training=True, scale=tuple(c["scale"]), auto_augment=aa,
+            t = create_transform(c["img_size"], is_training=True, scale=tuple(c["scale"]), auto_augment=self._aa(),
                                  color_jitter=c["color_jitter"], re_prob=c["reprob"],
                                  re_mode=c["remode"], interpolation=c["interpolation"],
                                  mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
@@ -98,20 +117,56 @@ class ClassifyTask(Task):
         return create_transform(c["img_size"], is_training=False, interpolation=c["interpolation"],
                                 crop_pct=c["crop_pct"], mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
-    def build_dataset(self, split: str) -> CheckedImageFolder:
+    def build_dataset(self, split: str) -> CheckedImageFolder | DecodedImages:
         root = resolve_data(self.cfg["data"])
-        ds = CheckedImageFolder(split_dir(root, split), self.transform(split == "train"))
-        names = list(ds.classes)
+        train = split == "train"
+        folder = CheckedImageFolder(split_dir(root, split), self.transform(train))
+        names = class_names(root, list(folder.classes))
         if not self.meta:
             self.meta = {"num_classes": len(names), "class_names": names}
         elif self.meta["class_names"] != names:
-            raise LingloError(f"classes of '{ds.root}' {names} differ from the train split's {self.meta['class_names']}")
+            raise LingloError(f"classes of '{folder.root}' {names} differ from the train split's "
+                              f"{self.meta['class_names']}")
+        ds: CheckedImageFolder | DecodedImages = folder
+        skipped = list(folder.skipped)
+        if self._use_cache(len(folder), train):
+            ds = self._decode(folder, train)
+            skipped += ds.skipped
         self.sizes[split] = len(ds)
-        self.skipped += ds.skipped
-        if ds.skipped:
-            print(f"warning: skipped {len(ds.skipped)} unreadable image(s) in {ds.root} "
-                  f"(first: {ds.skipped[0]})")
+        self.skipped += skipped
+        if skipped:
+            print(f"warning: skipped {len(skipped)} unreadable image(s) in {folder.root} (first: {skipped[0]})")
         return ds
+
+    def _use_cache(self, n: int, train: bool) -> bool:
+        """--data-cache auto: memory when the recipe has no PIL-only augmentation (RandAugment) and both splits'
+        uint8 copies fit in CACHE_MEMORY_FRACTION of RAM (the val split is estimated at the train split's size)."""
+        mode = self.cfg["data_cache"]
+        if mode != "auto":
+            return mode == "memory"
+        if self._aa():
+            return False
+        side = train_side(self.cfg["img_size"]) if train else self.cfg["img_size"]
+        ram = physical_memory()
+        return ram is None or 2 * n * 3 * side * side <= CACHE_MEMORY_FRACTION * ram
+
+    def _decode(self, folder: CheckedImageFolder, train: bool) -> DecodedImages:
+        """The split decoded once: train as squares to crop from, val through timm's eval transform itself."""
+        c = self.cfg
+        side = train_side(c["img_size"]) if train else c["img_size"]
+        to_uint8 = create_transform(side, is_training=False, interpolation=c["interpolation"],
+                                    crop_pct=1.0 if train else c["crop_pct"], use_prefetcher=True)
+        decode_side = side if train else math.ceil(c["img_size"] / c["crop_pct"])   # what the resize needs
+        ds = DecodedImages(folder.samples, to_uint8, side, load=functools.partial(load_rgb_draft, size=decode_side))
+        self.cached["train" if train else "val"] = f"memory, {ds.nbytes / 2**20:.0f} MiB, decoded in {ds.seconds:.1f} s"
+        if train:
+            self.augment = BatchAugment(c["img_size"], c["scale"], IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+                                        color_jitter=c["color_jitter"], re_prob=c["reprob"], re_mode=c["remode"])
+        return ds
+
+    def workers(self) -> int:
+        """Decoded data is sliced from memory: loader workers would only add copies."""
+        return 0 if self.cached else self.cfg["workers"]
 
     # ---- model and loss ---------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -134,8 +189,9 @@ class ClassifyTask(Task):
         return nn.CrossEntropyLoss()
 
     def to_batch(self, raw: Any, device: torch.device, train: bool) -> Batch:
-        x, y = raw  # x: B×3×H×W float, y: B int64
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = raw[0].to(device, non_blocking=True), raw[1].to(device, non_blocking=True)   # x: B×3×H×W, y: B
+        if x.dtype == torch.uint8:   # decoded cache: (B, 3, S, S) uint8, augmented (train) on `device`
+            x = self.augment(x, batch_key(self.cfg["seed"], raw[2])) if train else self._eval_normalize(x)
         if train and self._mixup_on():
             if self.mixup is None:
                 c = self.cfg
@@ -144,6 +200,12 @@ class ClassifyTask(Task):
                                    num_classes=self.meta["num_classes"])
             x, y = self.mixup(x, y)  # y: B×num_classes soft targets
         return Batch(x, y, len(x))
+
+    def _eval_normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.augment is None:   # eval-only run: no train split was built
+            self.augment = BatchAugment(self.cfg["img_size"], self.cfg["scale"], IMAGENET_DEFAULT_MEAN,
+                                        IMAGENET_DEFAULT_STD)
+        return self.augment.normalize(x)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         return self.criterion(model(batch.inputs).float(), batch.targets), {}
@@ -220,4 +282,32 @@ class ClassifyTask(Task):
     def describe(self) -> dict[str, Any]:
         return {"data": str(resolve_data(self.cfg["data"])), "images": dict(self.sizes),
                 "class_names": self.meta.get("class_names"), "skipped_images": len(self.skipped),
-                "skipped_files": self.skipped[:20]}
+                "skipped_files": self.skipped[:20], "decoded_cache": dict(self.cached) or "off"}
+
+
+def class_names(root: Path, folders: list[str]) -> list[str]:
+    """Display names of the class folders: from ROOT/classes.txt ("folder<TAB>name" per line, e.g. Imagenette's
+    "n01440764<TAB>tench") when present; a folder it does not list keeps its own name."""
+    path = root / CLASS_NAMES_FILE
+    if not path.is_file():
+        return folders
+    names: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        folder, sep, name = line.strip().partition("\t") if "\t" in line else line.strip().partition(" ")
+        if not sep or not name.strip():
+            raise LingloError(f"'{path}' line {n}: expected 'folder<TAB>name', got {line.strip()!r}")
+        names[folder.strip()] = name.strip()
+    shown = [names.get(f, f) for f in folders]
+    if len(set(shown)) != len(shown):
+        raise LingloError(f"'{path}' gives two class folders the same name: {shown}")
+    return shown
+
+
+def load_rgb_draft(path: str, size: int):
+    """An image file as RGB, a JPEG decoded at the smallest scale that is still at least size×size (fast)."""
+    from PIL import Image
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))
+        return im.convert("RGB")
