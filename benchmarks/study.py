@@ -21,7 +21,8 @@ them by the batch's images), and the initial weights of every module they have i
 module's init from its name), so a paired comparison by seed removes most of the seed-to-seed noise.
 
 Budgets (data from ../shared/data, or --data):
-    toy    Imagenette, 4 train / 2 val images per class at 32 px, 1 epoch: the tests
+    toy    Imagenette, 2 train / 1 val image per class at 32 px, 1 epoch: the tests (--tasks classify segment adds
+           coco128_semseg segmentation)
     cpu    Imagenette at 128 px (stage-1 maps 32², where a 7×7 window is local), 500 train images per class,
            the whole val split, 4 epochs, 3 seeds, 2 runs at a time of 1 thread each: one session on 2 cores
     gpu    Imagenette at 128 px, the whole train and val split, 20 epochs, 3 seeds, bf16: one GPU, many runs
@@ -158,11 +159,12 @@ IMAGENETTE_RECIPE = {"img_size": 128, "scale": [0.35, 1.0], "aa": "none", "color
                      "mixup": 0.0, "cutmix": 0.0, "smoothing": 0.1, "drop_path": 0.05, "channels_last": True,
                      "data_cache": "memory"}
 BUDGETS: dict[str, dict[str, Any]] = {
-    "toy": {"data": {"classify": "imagenette", "segment": "coco128_semseg"}, "seeds": 1, "limit": 4, "val_limit": 2,
+    "toy": {"data": {"classify": "imagenette", "segment": "coco128_semseg"}, "tasks": ("classify",), "seeds": 1,
+            "limit": 2, "val_limit": 1, "cost_repeats": 1,
             "prep": {"classify": None, "segment": 64}, "cost": [32, 64], "cost_res": 64,
             "classify": {**IMAGENETTE_RECIPE, "img_size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3,
                          "warmup_epochs": 0},
-            "segment": {"img_size": 64, "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0,
+            "segment": {"img_size": 64, "epochs": 1, "batch_size": 2, "lr": 1e-3, "warmup_epochs": 0,
                         "head_channels": 16}},
     "cpu": {"data": {"classify": "imagenette"}, "tasks": ("classify",), "seeds": 3, "limit": 500, "val_limit": None,
             "prep": {"classify": None}, "cost": [128, 256, 512, 1024], "cost_res": 224, "jobs": 2, "threads": 1,
@@ -260,17 +262,15 @@ def backbone_params(arm: Arm, mlp_ratio: float | None = None) -> int:
 @lru_cache(maxsize=None)
 def resolve_arms(study: Study) -> tuple[Arm, ...]:
     """Arms with equal_params get the mlp_ratio (a multiple of 1/64) that brings their backbone closest to the
-    baseline's parameter count; the count grows with the ratio, so bisection finds it (once per study: planning
-    and reading both ask)."""
+    baseline's parameter count. The count is linear in the ratio up to rounding of the hidden widths, so two counts
+    place it and its neighbours on the 1/64 grid settle it (once per study: planning and reading both ask)."""
     target = backbone_params(study.arms[0])
     out = []
     for a in study.arms:
         if a.equal_params:
-            lo, hi = 64, 12 * 64
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if backbone_params(a, mid / 64) <= target else (lo, mid)
-            k = min((lo, hi), key=lambda r: abs(backbone_params(a, r / 64) - target))
+            p3, p5 = backbone_params(a, 3.0), backbone_params(a, 5.0)
+            guess = round(64 * (3.0 + 2.0 * (target - p3) / (p5 - p3)))
+            k = min((guess - 1, guess, guess + 1), key=lambda r: abs(backbone_params(a, r / 64) - target))
             a = Arm(a.label, a.model, tuple(sorted({**dict(a.kwargs), "mlp_ratio": k / 64}.items())))
         out.append(a)
     return tuple(out)
@@ -418,11 +418,11 @@ def val_sampling_error(percent: float, n: int) -> float:
     return math.sqrt(max(percent * (100 - percent), 0.0) / n) if n else math.nan
 
 
-def measure_costs(specs: Sequence[str], res: int, device: str) -> dict[str, dict[str, Any]]:
+def measure_costs(specs: Sequence[str], res: int, device: str, repeats: int = 7) -> dict[str, dict[str, Any]]:
     """Params, GMACs and batch-1 latency of each model spec at res², interleaved in one linglo bench run."""
     from linglo.bench import BenchConfig, run_bench
-    rows, _ = run_bench(BenchConfig(models=list(specs), resolutions=[res], device=device, warmup=2, repeats=7,
-                                    throughput_batch=0, memory=False), log=lambda *_: None)
+    rows, _ = run_bench(BenchConfig(models=list(specs), resolutions=[res], device=device, warmup=min(2, repeats),
+                                    repeats=repeats, throughput_batch=0, memory=False), log=lambda *_: None)
     return {r["model"]: r for r in rows}
 
 
@@ -431,7 +431,7 @@ def collect(name: str, study: Study, budget: str, seeds: int, runs: Path, device
     the reading vs the baseline (unpaired and paired) and vs the study's references (paired)."""
     arms = resolve_arms(study)
     cost_res = BUDGETS[budget]["cost_res"]
-    costs = measure_costs([a.spec for a in arms], cost_res, device)
+    costs = measure_costs([a.spec for a in arms], cost_res, device, BUDGETS[budget].get("cost_repeats", 7))
     by_label = {a.label: a for a in arms}
     refs = [arms[0].label, *(r for r in study.references if r in by_label and r != arms[0].label)]
     rows = []

@@ -208,3 +208,16 @@ def test_an_error_from_a_dataloader_worker_stays_one_line():
         wrapped.reraise()
     assert "\n" in str(info.value)
     assert one_line(info.value) == "image 'a.png': mask is 10x10, expected 12x12"
+
+
+def test_shipped_imagenette_recipe_by_name(tiny_folder_session, tmp_path, capsys):
+    """--config imagenette: the shipped 128 px recipe (decoded cache, light augmentation); flags still win."""
+    out = tmp_path / "run"
+    assert main(["train", "--config", "imagenette", "--data", str(tiny_folder_session), "--model", "test_convnext",
+                 "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--output", str(out)]) == 0
+    cfg = json.loads((out / "summary.json").read_text())["config"]
+    assert cfg["scale"] == [0.35, 1.0] and cfg["aa"] == "none" and cfg["channels_last"] is True
+    assert cfg["img_size"] == 32 and cfg["epochs"] == 1
+    assert json.loads((out / "summary.json").read_text())["data"]["decoded_cache"]["train"].startswith("memory")
+    err = error_of(["train", "--config", "imagenet", "--data", str(tiny_folder_session)], capsys)
+    assert "'imagenet' does not exist" in err and "imagenette" in err

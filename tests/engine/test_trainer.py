@@ -102,3 +102,16 @@ def test_two_process_torchrun_ranks_agree(tiny_folder_session, tmp_path):
     assert ranks[0] == ranks[1]                       # same weights and same val metrics on both ranks
     assert summary["global_batch"] == 8
     assert len(rows(out / "metrics.csv")) == 2
+
+
+def test_eval_interval_and_channels_last(tiny_folder_session, tmp_path):
+    """--eval-interval 2 over 3 epochs evaluates after epochs 2 and 3 (the last) only; best.pt is an evaluated epoch;
+    --channels-last trains and evaluates the same model in NHWC."""
+    out = tmp_path / "run"
+    summary = trainer.train("classify", cli_cfg=dict(
+        TINY, data=str(tiny_folder_session), epochs=3, eval_interval=2, channels_last=True, output=str(out),
+        ema=False, aa="none", mixup=0.0, cutmix=0.0))
+    history = rows(out / "metrics.csv")
+    assert [bool(r.get("val_top1")) for r in history] == [False, True, True]
+    assert summary["best"]["epoch"] in (2, 3) and load_checkpoint(out / "best.pt")["epoch"] == summary["best"]["epoch"]
+    assert summary["last"]["val_top1"] >= 0

@@ -8,10 +8,13 @@ from linglo.layers import TOKEN_MIXERS, KeyOnlyAttention, create_token_mixer
 from linglo.ops import key_only_attention_reference
 
 
-@pytest.mark.parametrize("name", sorted(TOKEN_MIXERS))
-def test_interface_shapes_and_mask(name):
+KEY_ONLY_NEW = dict(query_gate=True, value_conv=3, saliency_conv=3)
+
+
+@pytest.mark.parametrize("name, options", [(n, {}) for n in sorted(TOKEN_MIXERS)] + [("key_only", KEY_ONLY_NEW)])
+def test_interface_shapes_and_mask(name, options):
     torch.manual_seed(0)
-    mixer = create_token_mixer(name, 32, head_dim=16).eval()
+    mixer = create_token_mixer(name, 32, head_dim=16, **options).eval()
     x = torch.randn(2, 32, 7, 9)
     assert mixer(x).shape == x.shape
     mask = torch.ones(2, 7, 9, dtype=torch.bool)
@@ -24,7 +27,8 @@ def test_interface_shapes_and_mask(name):
 
 
 @pytest.mark.parametrize("options", [dict(), dict(window=0), dict(window=3, axial=True), dict(global_term=False),
-                                     dict(query_gate=True), dict(gate="sigmoid")])
+                                     dict(query_gate=True), dict(gate="sigmoid"), KEY_ONLY_NEW,
+                                     dict(value_conv=5), dict(saliency_conv=3, window=0)])
 def test_key_only_options_run_and_backprop(options):
     mixer = KeyOnlyAttention(32, head_dim=16, **options)
     x = torch.randn(2, 32, 6, 5, requires_grad=True)
@@ -59,7 +63,8 @@ def test_softmax_mixer_is_full_attention():
 
 
 @pytest.mark.parametrize("bad,message", [(dict(window=4), "odd"), (dict(window=0, global_term=False), "global_term"),
-                                         (dict(gate="relu"), "gate")])
+                                         (dict(gate="relu"), "gate"), (dict(value_conv=2), "value_conv"),
+                                         (dict(saliency_conv=-1), "saliency_conv")])
 def test_bad_key_only_options(bad, message):
     with pytest.raises(ValueError, match=message):
         KeyOnlyAttention(32, **bad)
@@ -68,3 +73,20 @@ def test_bad_key_only_options(bad, message):
 def test_unknown_mixer_name():
     with pytest.raises(ValueError, match="token_mixer must be one of"):
         create_token_mixer("conv", 32)
+
+
+def test_value_and_saliency_convs_follow_their_definition():
+    """saliency from a depthwise conv over the logits map; a depthwise conv of the values added to the output;
+    the query gate multiplies elementwise: y = W_o(σ(q) ⊙ (Σ_j a_ij v_j + dw(v)_i))."""
+    torch.manual_seed(0)
+    mixer = KeyOnlyAttention(32, head_dim=16, window=3, **KEY_ONLY_NEW)
+    with torch.no_grad():
+        mixer.rel_bias.normal_()
+        mixer.r_inf.normal_()
+    x = torch.randn(2, 32, 5, 6)
+    y = mixer.proj_in(x)
+    v_map, s, q = y[:, :32], y[:, 32:34], y[:, 34:]
+    s = mixer.saliency_conv(s) / math.sqrt(16)
+    attended = key_only_attention_reference(v_map.reshape(2, 2, 16, 5, 6), s, mixer.rel_bias, mixer.r_inf)
+    expected = mixer.proj_out(torch.sigmoid(q) * (attended.reshape(2, 32, 5, 6) + mixer.value_conv(v_map)))
+    torch.testing.assert_close(mixer(x), expected, rtol=1e-5, atol=1e-5)

@@ -193,3 +193,20 @@ def test_fp16_autocast_forward_is_finite():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 64, 64) * 50)
     assert torch.isfinite(out).all()
+
+
+def test_same_seed_gives_shared_modules_the_same_init():
+    """Each module's init comes from the global seed and its name: variants share the init of what they share."""
+    torch.manual_seed(3)
+    a = timm.create_model("linglo_t", num_classes=10)
+    torch.manual_seed(3)
+    b = timm.create_model("linglo_t", num_classes=10, token_mixer="none", layout="alternate", window=3)
+    torch.manual_seed(4)
+    c = timm.create_model("linglo_t", num_classes=10)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    shared = [k for k in sa if k in sb and sa[k].shape == sb[k].shape and k.endswith("weight") and sa[k].dim() > 1]
+    assert len(shared) > 40
+    assert all(torch.equal(sa[k], sb[k]) for k in shared)
+    assert not any(torch.equal(sa[k], sc[k]) for k in shared)
+    w = sa["stages.0.blocks.0.mlp.fc1.weight"]
+    assert w.std().item() == pytest.approx(0.02, rel=0.15)                 # trunc_normal(std 0.02), as timm's

@@ -181,3 +181,62 @@ def test_predict_gives_topk_and_marks_unreadable(tiny_folder):
         assert sum(t["prob"] for t in p["top"]) == pytest.approx(1.0)
         assert p["top"][0]["prob"] >= p["top"][1]["prob"]
     assert "unreadable" in preds[3]["error"]
+
+
+# ---- decoded-image cache and class names --------------------------------------------------------------------
+def test_cached_val_batches_are_the_pil_pipelines(tiny_folder_session):
+    """The val cache is timm's eval transform itself: the same normalised pixels as the PIL loader."""
+    batches = []
+    for cache in ("memory", "off"):
+        task = make_task(data=str(tiny_folder_session), data_cache=cache, aa="none")
+        ds = task.build_dataset("val")
+        loader = torch.utils.data.DataLoader(ds, batch_size=8, num_workers=task.workers())
+        batches.append(task.to_batch(next(iter(loader)), torch.device("cpu"), train=False))
+        assert task.workers() == (0 if cache == "memory" else task.cfg["workers"])
+    torch.testing.assert_close(batches[0].inputs, batches[1].inputs, rtol=1e-5, atol=1e-5)
+    assert torch.equal(batches[0].targets, batches[1].targets)
+
+
+def test_cached_train_batches_are_augmented_on_the_device_and_keyed_by_their_images(tiny_folder_session):
+    task = make_task(data=str(tiny_folder_session), data_cache="memory", aa="none", mixup=0.0, cutmix=0.0)
+    ds = task.build_dataset("train")
+    raw = torch.utils.data.default_collate([ds[i] for i in (0, 3, 5, 1)])
+    assert raw[0].dtype == torch.uint8 and raw[0].shape == (4, 3, 40, 40)     # cached at 1.25 x 32
+    a, b = (task.to_batch(raw, torch.device("cpu"), train=True) for _ in range(2))
+    assert a.inputs.shape == (4, 3, 32, 32) and torch.equal(a.inputs, b.inputs)
+    other = task.to_batch(torch.utils.data.default_collate([ds[i] for i in (0, 3, 5, 2)]), torch.device("cpu"), True)
+    assert not torch.equal(a.inputs[0], other.inputs[0])
+    assert task.describe()["decoded_cache"]["train"].startswith("memory")
+
+
+@pytest.mark.parametrize("aa, expected", [("none", True), ("rand-m9-mstd0.5-inc1", False)])
+def test_auto_cache_only_without_pil_augmentation(tiny_folder_session, aa, expected):
+    task = make_task(data=str(tiny_folder_session), aa=aa)
+    ds = task.build_dataset("train")
+    assert (type(ds).__name__ == "DecodedImages") is expected
+
+
+def test_memory_cache_with_randaugment_is_refused():
+    with pytest.raises(LingloError, match="--aa none, or --data-cache off"):
+        make_task(data_cache="memory")
+
+
+def test_class_names_come_from_classes_txt(tiny_folder):
+    (tiny_folder / "classes.txt").write_text("ants\tformica ants\n\nbees\tApis mellifera\n")
+    task = make_task(data=str(tiny_folder))
+    task.build_dataset("train")
+    task.build_dataset("val")
+    assert task.meta["class_names"] == ["formica ants", "Apis mellifera"]
+    (tiny_folder / "classes.txt").write_text("ants\tants 2\n")            # a folder it does not list keeps its name
+    task = make_task(data=str(tiny_folder))
+    task.build_dataset("train")
+    assert task.meta["class_names"] == ["ants 2", "bees"]
+
+
+@pytest.mark.parametrize("text, message", [("ants\n", "line 1: expected 'folder<TAB>name'"),
+                                           ("ants\tx\nbees\tx\n", "the same name")])
+def test_bad_classes_txt_is_one_line(tiny_folder, text, message):
+    (tiny_folder / "classes.txt").write_text(text)
+    with pytest.raises(LingloError, match=message) as e:
+        make_task(data=str(tiny_folder)).build_dataset("train")
+    assert "classes.txt" in str(e.value) and "\n" not in str(e.value)

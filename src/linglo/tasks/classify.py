@@ -28,7 +28,7 @@ from torch import nn
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.decoded import BatchAugment, DecodedImages, batch_key, physical_memory, train_side
+from linglo.tasks.decoded import BatchAugment, DecodedImages, batch_key, keyed_rng, physical_memory, train_side
 from linglo.tasks.image_folder import CheckedImageFolder, split_dir
 from linglo.tasks.model_names import check_model_name, create_model
 from linglo.tasks.posterize_guard import guard_posterize
@@ -190,16 +190,24 @@ class ClassifyTask(Task):
 
     def to_batch(self, raw: Any, device: torch.device, train: bool) -> Batch:
         x, y = raw[0].to(device, non_blocking=True), raw[1].to(device, non_blocking=True)   # x: B×3×H×W, y: B
-        if x.dtype == torch.uint8:   # decoded cache: (B, 3, S, S) uint8, augmented (train) on `device`
-            x = self.augment(x, batch_key(self.cfg["seed"], raw[2])) if train else self._eval_normalize(x)
-        if train and self._mixup_on():
-            if self.mixup is None:
-                c = self.cfg
-                self.mixup = Mixup(mixup_alpha=c["mixup"], cutmix_alpha=c["cutmix"], prob=c["mixup_prob"],
-                                   switch_prob=c["mixup_switch_prob"], label_smoothing=c["smoothing"],
-                                   num_classes=self.meta["num_classes"])
-            x, y = self.mixup(x, y)  # y: B×num_classes soft targets
+        if x.dtype != torch.uint8:   # PIL pipeline: augmented in the loader
+            return Batch(*self._mixup(x, y) if train else (x, y), len(x))
+        if not train:                # decoded val cache: (B, 3, H, W) uint8
+            return Batch(self._eval_normalize(x), y, len(x))
+        with keyed_rng(batch_key(self.cfg["seed"], raw[2]), device):   # every draw of this batch, from its images
+            x, y = self._mixup(self.augment(x), y)                     # (B, 3, S, S) uint8 -> (B, 3, size, size)
         return Batch(x, y, len(x))
+
+    def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mixup / CutMix of a train batch when the recipe has them (y becomes B×num_classes soft targets)."""
+        if not self._mixup_on():
+            return x, y
+        if self.mixup is None:
+            c = self.cfg
+            self.mixup = Mixup(mixup_alpha=c["mixup"], cutmix_alpha=c["cutmix"], prob=c["mixup_prob"],
+                               switch_prob=c["mixup_switch_prob"], label_smoothing=c["smoothing"],
+                               num_classes=self.meta["num_classes"])
+        return self.mixup(x, y)
 
     def _eval_normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.augment is None:   # eval-only run: no train split was built

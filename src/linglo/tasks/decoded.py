@@ -15,19 +15,23 @@ A batch is then a slice of memory (no loader workers), moved to the device as ui
 float) and augmented there by BatchAugment: one roi_align call crops and resizes the whole batch, with
 area sampling when it shrinks (antialiased, like PIL) and bilinear when it enlarges.
 
-Each batch's random draws come from its own generator, keyed by the run's seed and the batch's sample
-indices: the same images get the same crops whatever the model (arms of a study share their augmentation,
-not only their data order), the number of loader workers, or an interruption and resume.
+Each batch's random draws (crops, flips, jitter, erasing, mixup) come from its own key, the run's seed and the
+batch's sample indices (keyed_rng): the same images get the same augmentation whatever the model draws from the
+global streams (arms of a study share their augmentation, not only their data order), the number of loader
+workers, or an interruption and resume.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data.random_erasing import RandomErasing
@@ -35,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
-__all__ = ["DecodedImages", "BatchAugment", "rrc_boxes", "batch_key", "train_side", "physical_memory"]
+__all__ = ["DecodedImages", "BatchAugment", "rrc_boxes", "batch_key", "keyed_rng", "train_side", "physical_memory"]
 
 RATIO = (3 / 4, 4 / 3)    # random-resized-crop aspect range (timm / torchvision default)
 TRAIN_SIDE_FACTOR = 1.25  # the train cache keeps squares of 1.25 × the crop size to sample crops from
@@ -106,6 +110,25 @@ def batch_key(seed: int, indices: Tensor) -> int:
     return hash((seed, *indices.tolist())) & (2**63 - 1)
 
 
+@contextlib.contextmanager
+def keyed_rng(key: int, device: torch.device) -> Iterator[None]:
+    """Inside: Python's, NumPy's and torch's random draws (CPU, and `device` when it is a GPU) all come from `key`.
+    Outside, every global stream continues as if the block had drawn nothing."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    gpu = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpu, device_type=device.type if gpu else "cuda"):
+        random.seed(key)
+        np.random.seed(key % 2**32)
+        torch.default_generator.manual_seed(key)
+        if gpu:
+            torch.cuda.manual_seed(key)   # this process's current GPU, restored by fork_rng
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def rrc_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float] = RATIO,
               generator: torch.Generator | None = None, attempts: int = 10) -> Tensor:
     """(n, 4) crop boxes (x0, y0, x1, y1) as torchvision's RandomResizedCrop.get_params draws them, for a whole
@@ -158,20 +181,20 @@ class BatchAugment:
         self.re_prob, self.re_mode = re_prob, re_mode
         self._erase: dict[str, RandomErasing] = {}
 
-    def __call__(self, images: Tensor, key: int) -> Tensor:
-        """images: (B, 3, S, S) uint8 on any device -> (B, 3, size, size) float, normalised."""
-        g = torch.Generator().manual_seed(key)
+    def __call__(self, images: Tensor) -> Tensor:
+        """images: (B, 3, S, S) uint8 on any device -> (B, 3, size, size) float, normalised. Draws from torch's
+        CPU generator (crops, flips, jitter) and from what timm's RandomErasing draws from: run it under keyed_rng."""
         b, _, hh, ww = images.shape
         dev = images.device
-        boxes = rrc_boxes(b, hh, ww, self.scale, generator=g)                            # (B, 4) pixel edges
-        flip = (torch.rand(b, generator=g) < self.hflip).nonzero().squeeze(1).to(dev)
+        boxes = rrc_boxes(b, hh, ww, self.scale)                                         # (B, 4) pixel edges
+        flip = (torch.rand(b) < self.hflip).nonzero().squeeze(1).to(dev)
         if len(flip):   # flip the chosen sources (uint8: cheap); crop positions are mirror-symmetric anyway
             images = images.index_copy(0, flip, images.index_select(0, flip).flip(-1))
         rois = torch.cat([torch.arange(b, dtype=torch.float32)[:, None], boxes], 1).to(dev)
         x = roi_align(images.float(), rois, self.size, sampling_ratio=1, aligned=True)    # (B, 3, size, size)
         if self.jitter > 0:
-            x = self._color_jitter(x, torch.empty(3, b, 1, 1, 1).uniform_(
-                max(0.0, 1 - self.jitter), 1 + self.jitter, generator=g).to(dev))
+            x = self._color_jitter(x, torch.empty(3, b, 1, 1, 1).uniform_(max(0.0, 1 - self.jitter),
+                                                                            1 + self.jitter).to(dev))
         x = (x - self.mean.to(dev)) / self.std.to(dev)
         if self.re_prob > 0:
             erase = self._erase.get(str(dev))
