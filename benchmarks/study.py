@@ -160,7 +160,7 @@ IMAGENETTE_RECIPE = {"img_size": 128, "scale": [0.35, 1.0], "aa": "none", "color
                      "data_cache": "memory"}
 BUDGETS: dict[str, dict[str, Any]] = {
     "toy": {"data": {"classify": "imagenette", "segment": "coco128_semseg"}, "tasks": ("classify",), "seeds": 1,
-            "limit": 2, "val_limit": 1, "cost_repeats": 1,
+            "limit": 2, "val_limit": 1, "cost_repeats": 1, "all": ("mixer", "layout", "window", "peers", "cost"),
             "prep": {"classify": None, "segment": 64}, "cost": [32, 64], "cost_res": 64,
             "classify": {**IMAGENETTE_RECIPE, "img_size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3,
                          "warmup_epochs": 0},
@@ -393,11 +393,16 @@ def compare(arm_values: Sequence[float], base_values: Sequence[float]) -> str:
     return "better" if ma > mb else "worse"
 
 
-def compare_paired(arm_values: Sequence[float], base_values: Sequence[float]) -> dict[str, Any]:
-    """Paired by seed (value i of each list is seed i): mean and std of the differences, t = mean / (std / √n),
-    how many seeds went up, and the call: 'better' / 'worse' when |t| > Student's two-sided 95 % point."""
-    d = [a - b for a, b in zip(arm_values, base_values)]
+def compare_paired(arm_values: Mapping[int, float] | Sequence[float],
+                   base_values: Mapping[int, float] | Sequence[float]) -> dict[str, Any]:
+    """Paired by seed over the seeds both arms finished ({seed: value}, or a list indexed by seed): mean and std of the differences,
+    t = mean / (std / √n), how many seeds went up, and the call: 'better' / 'worse' when |t| > Student's two-sided
+    95 % point."""
+    a, b = ({**v} if isinstance(v, Mapping) else dict(enumerate(v)) for v in (arm_values, base_values))
+    d = [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
     n = len(d)
+    if n == 0:
+        return {"mean": math.nan, "std": math.nan, "t": math.nan, "up": 0, "n": 0, "call": "n/a (no shared seed)"}
     mean, std = mean_std(d)
     if n < 2:
         return {"mean": mean, "std": std, "t": math.nan, "up": sum(x > 0 for x in d), "n": n, "call": "n/a (1 seed)"}
@@ -426,35 +431,52 @@ def measure_costs(specs: Sequence[str], res: int, device: str, repeats: int = 7)
     return {r["model"]: r for r in rows}
 
 
+def finished_runs(runs: Path, task: str, a: Arm, seeds: int) -> dict[int, dict[str, Any]]:
+    """{seed: summary} of the arm's runs that finished (a killed or running run is left out)."""
+    out = {}
+    for seed in range(seeds):
+        f = run_dir(runs, task, a, seed) / "summary.json"
+        summary = json.loads(f.read_text()) if f.exists() else {}
+        if summary.get("status") == "finished":
+            out[seed] = summary
+    return out
+
+
 def collect(name: str, study: Study, budget: str, seeds: int, runs: Path, device: str) -> list[dict[str, Any]]:
-    """One row per (task, arm): metrics over seeds, the val split's sampling error, params, GMACs and latency, and
-    the reading vs the baseline (unpaired and paired) and vs the study's references (paired)."""
+    """One row per (task, arm) with at least one finished run: metrics over its finished seeds, the val split's
+    sampling error, params, GMACs and latency, and the reading vs the baseline (unpaired and paired) and vs the
+    study's references (paired, over the seeds both finished)."""
     arms = resolve_arms(study)
     cost_res = BUDGETS[budget]["cost_res"]
-    costs = measure_costs([a.spec for a in arms], cost_res, device, BUDGETS[budget].get("cost_repeats", 7))
-    by_label = {a.label: a for a in arms}
-    refs = [arms[0].label, *(r for r in study.references if r in by_label and r != arms[0].label)]
     rows = []
     for task in study.tasks:
-        values: dict[Arm, dict[str, list[float]]] = {}
+        values: dict[Arm, dict[str, dict[int, float]]] = {}
         for a in arms:
-            summaries = [json.loads((run_dir(runs, task, a, s) / "summary.json").read_text()) for s in range(seeds)]
-            values[a] = {m: [s["last"][f"val_{m}"] for s in summaries] for m in METRICS[task]}
-            values[a]["params_m"] = [summaries[0]["params"] / 1e6]
-            values[a]["time_s"] = [s["time_s"] for s in summaries]
-            values[a]["n_val"] = [summaries[0]["data"].get("images", {}).get("val", 0)]
-        for a in arms:
-            v, c = values[a], costs[a.spec]
-            row = {"study": name, "task": task, "arm": a.label, "model": a.spec, "seeds": seeds,
-                   "params_m": v["params_m"][0], "backbone_params_m": backbone_params(a) / 1e6,
+            summaries = finished_runs(runs, task, a, seeds)
+            if summaries:
+                values[a] = {m: {k: s["last"][f"val_{m}"] for k, s in summaries.items()} for m in METRICS[task]}
+                first = next(iter(summaries.values()))
+                values[a]["meta"] = {"params_m": first["params"] / 1e6, "n_val": first["data"].get("images", {})
+                                     .get("val", 0), "time_s": statistics.fmean(s["time_s"] for s in summaries.values())}
+        done = [a for a in arms if a in values]
+        costs = measure_costs([a.spec for a in done], cost_res, device, BUDGETS[budget].get("cost_repeats", 7))
+        base = arms[0] if arms[0] in values else None
+        refs = [r for r in dict.fromkeys((arms[0].label, *study.references)) if any(a.label == r for a in done)]
+        by_label = {a.label: a for a in done}
+        for a in done:
+            v, meta, c = values[a], values[a]["meta"], costs[a.spec]
+            row = {"study": name, "task": task, "arm": a.label, "model": a.spec, "seeds": len(v[METRICS[task][0]]),
+                   "params_m": meta["params_m"], "backbone_params_m": backbone_params(a) / 1e6,
                    f"gmacs_{cost_res}": c["gmacs"], f"latency_ms_{cost_res}": c["latency_ms"],
-                   "train_time_s": statistics.fmean(v["time_s"]), "val_images": int(v["n_val"][0])}
+                   "train_time_s": meta["time_s"], "val_images": int(meta["n_val"])}
             for m in METRICS[task]:
-                mean, std = mean_std(v[m])
-                se = val_sampling_error(mean, v["n_val"][0]) if task == "classify" else math.nan   # top-1: binomial
+                mean, std = mean_std(list(v[m].values()))
+                se = val_sampling_error(mean, meta["n_val"]) if task == "classify" else math.nan   # top-1: binomial
                 row.update({f"{m}_mean": mean, f"{m}_std": std, f"{m}_val_se": se,
-                            f"{m}_seeds": " ".join(f"{x:.2f}" for x in v[m]),
-                            f"{m}_vs_base": "baseline" if a == arms[0] else compare(v[m], values[arms[0]][m])})
+                            f"{m}_seeds": " ".join(f"{x:.2f}" for _, x in sorted(v[m].items())),
+                            f"{m}_vs_base": "baseline" if a == base else ("n/a (baseline not run)" if base is None
+                                                                           else compare(list(v[m].values()),
+                                                                                        list(values[base][m].values())))})
                 for r in refs:
                     row[f"{m}_paired_vs_{r}"] = "–" if a.label == r else paired_text(
                         compare_paired(v[m], values[by_label[r]][m]))
@@ -547,6 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                            "../shared/data)")
     p.add_argument("--runs", type=Path, default=None, help="run folders (default: runs/study/BUDGET)")
     p.add_argument("--results", type=Path, default=None, help="tables and plots (default: docs/study/BUDGET)")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: write the tables from the runs that finished so far (missing runs listed)")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="start no run after this many seconds; tables are written for the studies that finished")
     args = p.parse_args(argv)
@@ -568,16 +592,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     tasks = sorted({t for s in studies.values() for t in s.tasks})
     data = {t: prepare_data(t, b["data"][t], args.data / b["data"][t], runs / "data", b["prep"][t], b["limit"],
                             b["val_limit"]) for t in tasks}
-    failures = execute(plan_runs(list(studies.values()), args.budget, seeds, data, runs, args.device), jobs,
-                       threads, deadline)
+    plan = plan_runs(list(studies.values()), args.budget, seeds, data, runs, args.device)
+    failures = [] if args.report else execute(plan, jobs, threads, deadline)
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
-    failed_dirs = {f.split(": ", 1)[0] for f in failures}
     for name, s in studies.items():
         missing = [str(run_dir(runs, t, a, seed)) for t in s.tasks for a in resolve_arms(s) for seed in range(seeds)
-                   if str(run_dir(runs, t, a, seed)) in failed_dirs]
-        if missing:
-            print(f"{name}: no table ({len(missing)} run(s) failed or not started)")
+                   if not finished_runs(runs, t, a, seeds).get(seed)]
+        if len(missing) == len(s.tasks) * len(resolve_arms(s)) * seeds:
+            print(f"{name}: no table (no run finished)")
             continue
         header = (f"### {name}: {s.claim}\n\nBudget `{args.budget}`, {seeds} seed(s), device {args.device}; "
                   f"recipe per task: " + "; ".join(f"{t}: `{json.dumps(b[t])}`" for t in s.tasks)
@@ -585,10 +608,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + (f" --seeds {args.seeds}" if args.seeds else "") + (f" --jobs {args.jobs}" if args.jobs else "")
                   + (f" --tasks {' '.join(args.tasks)}" if args.tasks else "")
                   + (f" --device {args.device}" if args.device != "cpu" else "")
-                  + (f" --results {args.results}" if args.results else "") + "`.")
+                  + (f" --results {args.results}" if args.results else "") + "`."
+                  + (f"\n\nPartial: {len(missing)} of {len(s.tasks) * len(resolve_arms(s)) * seeds} runs not "
+                     f"finished (seeds column = runs finished; paired readings use the seeds both arms finished): "
+                     + ", ".join(f"`{Path(m).name}`" for m in missing) if missing else ""))
         write_results(name, collect(name, s, args.budget, seeds, runs, args.device), results / name, header,
                       b["data"])
-        print(f"{name}: wrote {results / name}/results.md, results.csv, results.png")
+        print(f"{name}: wrote {results / name}/results.md, results.csv, results.png"
+              + (f" ({len(missing)} run(s) missing)" if missing else ""))
     if "cost" in names:
         run_cost(args.budget, args.device, results / "cost")
     if failures:

@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "study.py"
-STUDIES = [n for n in ("mixer", "layout", "window", "peers", "peers_xs", "peers_s", "peers_m")]
+STUDIES = ["mixer", "layout", "window", "peers"]            # the toy budget's `all` (with cost)
+BIG_PEERS = ["peers_xs", "peers_s", "peers_m"]              # larger timm peers: a slow check
 
 
 def _load():
@@ -48,13 +49,11 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_every_study_is_in_all():
-    assert set(STUDIES) | {"cost"} == set(study.ALL)
+    assert set(STUDIES) | set(BIG_PEERS) | {"cost"} == set(study.ALL)
+    assert set(study.BUDGETS["toy"]["all"]) == set(STUDIES) | {"cost"}
 
 
-@pytest.mark.parametrize("name", STUDIES)
-def test_each_study_writes_its_table_csv_and_plot(toy, name):
-    root, _ = toy
-    out = root / "results" / name
+def _check_table(out: Path, name: str) -> None:
     rows = _rows(out / "results.csv")
     s = study.get_study(name)
     assert [(r["task"], r["arm"]) for r in rows] == [("classify", a.label) for a in s.arms]
@@ -66,6 +65,38 @@ def test_each_study_writes_its_table_csv_and_plot(toy, name):
     assert all(f"| {a.label} |" in md for a in s.arms) and "python benchmarks/study.py" in md
     assert f"top1 paired vs {s.arms[0].label}" in md
     assert (out / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_each_study_writes_its_table_csv_and_plot(toy, name):
+    root, _ = toy
+    _check_table(root / "results" / name, name)
+
+
+@pytest.mark.slow
+def test_the_larger_peer_rows_write_their_tables(tmp_path):
+    if not study.DATA.is_dir():
+        pytest.skip(f"{study.DATA} not available")
+    assert study.main([*BIG_PEERS, "--budget", "toy", "--runs", str(tmp_path / "runs"),
+                       "--results", str(tmp_path / "results")]) == 0
+    for name in BIG_PEERS:
+        _check_table(tmp_path / "results" / name, name)
+
+
+def test_report_writes_a_partial_table_from_the_finished_runs_without_training(toy, tmp_path, capsys):
+    root, argv = toy
+    runs = root / "runs"
+    before = sorted(p.name for p in runs.iterdir())
+    out = tmp_path / "results"
+    assert study.main(["mixer", "--budget", "toy", "--seeds", "2", "--report", "--runs", str(runs),
+                       "--results", str(out)]) == 0
+    assert sorted(p.name for p in runs.iterdir()) == before                 # nothing trained
+    n_arms = len(study.get_study("mixer").arms)
+    assert f"({n_arms} run(s) missing)" in capsys.readouterr().out
+    md = (out / "mixer" / "results.md").read_text()
+    assert f"Partial: {n_arms} of {2 * n_arms} runs not finished" in md
+    rows = _rows(out / "mixer" / "results.csv")
+    assert all(r["seeds"] == "1" for r in rows) and rows[1]["top1_paired_vs_none"].endswith("n/a (1 seed)")
 
 
 def test_mixer_arms_have_the_baselines_parameter_count_and_are_compared_with_none_and_linear(toy):
@@ -134,6 +165,9 @@ def test_paired_reading_sees_a_consistent_shift_that_the_spread_hides():
     assert study.compare_paired([61.0, 65.0, 73.0], base)["call"] == "no difference"   # +1, −1, +1
     assert study.compare_paired([59.0, 65.0, 71.0], base)["call"] == "worse"           # exactly −1 each: t = −∞
     assert study.compare_paired([61.0], [60.0])["call"] == "n/a (1 seed)"
+    shared = study.compare_paired({0: 61.0, 2: 73.0}, dict(enumerate(base)))    # seed 1 of the arm did not finish
+    assert shared["n"] == 2 and shared["mean"] == pytest.approx(1.0)
+    assert study.compare_paired({1: 61.0}, {0: 60.0})["call"] == "n/a (no shared seed)"
     assert study.paired_text(p).endswith("3/3 up: better")
     assert study.val_sampling_error(70.0, 3925) == pytest.approx(0.7315, abs=1e-3)
 
