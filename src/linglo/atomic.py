@@ -1,5 +1,6 @@
 """Atomic file writes (temporary file in the same folder, fsync, os.replace): a crash or a full
-disk mid-write leaves the previous version of the file intact and no partial file behind.
+disk mid-write leaves the previous version of the file intact and no partial file behind; and
+output folders checked before any work is done (ensure_dir).
 
 Shared by every layer that writes results (engine: checkpoints, metrics; tasks: figures).
 """
@@ -11,9 +12,25 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
+from linglo.errors import LingloError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def ensure_dir(path: str | Path, flag: str = "--output", hint: str = "") -> Path:
+    """Create folder `path` (and its parents) for results; one clear error when that is impossible
+    (a file of that name, no permission, a read-only disk) rather than a traceback at the first write."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise LingloError(f"{flag} '{path}' exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):   # the folder may exist and still refuse new files
+            pass
+    except OSError as e:
+        raise LingloError(f"{flag} '{path}': cannot write there ({e.strerror or e}){hint}") from e
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

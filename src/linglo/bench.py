@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import platform
 import statistics
 import time
@@ -33,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from linglo.atomic import atomic_savefig, atomic_write_text
+from linglo.atomic import atomic_savefig, atomic_write_text, ensure_dir
 from linglo.cpu_allocator import allocator_state, reuse_freed_memory
 from linglo.errors import LingloError
 
@@ -128,6 +129,11 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
         synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
     from torch.profiler import ProfilerActivity, profile
+    if not torch.cuda.is_available():
+        # kineto (the profiler's backend) in a CUDA build of torch asks the CUDA driver for its GPUs when a
+        # profile ends and logs "gpuGetDeviceCount failed" where there are none; silence its log (read once,
+        # at the first profile) unless the user set a level
+        os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
@@ -432,12 +438,13 @@ def print_tables(rows: Sequence[dict[str, Any]], ratios: Sequence[dict[str, Any]
 
 def bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run, print the tables, write bench.csv / bench.png / ratios.csv under cfg.output (if given)."""
+    if cfg.output is not None:
+        ensure_dir(cfg.output)      # before minutes of measuring
     rows, env = run_bench(cfg, log)
     ratios = peer_ratios(rows)
     print_tables(rows, ratios, env)
     if cfg.output is not None:
         out = Path(cfg.output)
-        out.mkdir(parents=True, exist_ok=True)
         write_csv(rows, out / "bench.csv")
         plot(rows, out / "bench.png", env)
         if ratios:

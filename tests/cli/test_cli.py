@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_checks import error_of
 
 from linglo.cli.main import main
 from linglo.engine.demo import free_run_dir
@@ -19,14 +20,6 @@ def trained(tiny_folder_session, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"
     assert main(["train", "--data", str(tiny_folder_session), *TINY, "--output", str(out)]) == 0
     return out
-
-
-def error_of(argv, capsys) -> str:
-    code = main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 2, err
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
-    return err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["eval", "--help"], ["predict", "--help"],

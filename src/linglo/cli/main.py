@@ -50,6 +50,8 @@ def _command_parser(sub, command: str, task: str, help_text: str) -> argparse.Ar
               + (classify_args.DATA_HELP if task == "classify" else "")) if command in TASK_COMMANDS else None
     p = sub.add_parser(command, help=help_text, description=help_text, usage=usage, epilog=epilog)
     d = _defaults(task)
+    if command in ("eval", "predict"):   # every setting but --topk comes from the checkpoint's config
+        d = {k: v if k == "topk" else "the checkpoint's" for k, v in d.items()}
     if command == "demo":   # show the demo's own recipe, not the ImageNet one
         from linglo.tasks.classify import DEMO_CONFIG
         d = {**d, **{k.replace("-", "_"): v for k, v in DEMO_CONFIG.items()}}
@@ -144,10 +146,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LingloError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write that no up-front check foresaw (disk full, permissions changed mid-run)
+        print(f"error: {e.strerror or e}" + (f": '{e.filename}'" if e.filename else ""), file=sys.stderr)
+        return 2
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-    except KeyboardInterrupt:
-        print("interrupted (continue a training run with: linglo train --resume --output RUN_DIR)", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a training run says what its folder holds and how to resume it
+        print(str(e) or "interrupted (continue a training run with: linglo train --resume --output RUN_DIR)",
+              file=sys.stderr)
         return 130
 
 

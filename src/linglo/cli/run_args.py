@@ -59,11 +59,17 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
     if command == "train":
         g.add_argument("--resume", nargs="?", const="auto", default=S, metavar="CHECKPOINT",
                        help="continue a run: from CHECKPOINT, or without a value from OUTPUT/last.pt; "
-                            "the metrics after resuming match an uninterrupted run's (same seed)")
+                            "the metrics after resuming match an uninterrupted run's (same seed). The recipe "
+                            "stays the checkpoint's: only --epochs (the lr schedule is re-planned for the new "
+                            "length), --eval-interval, --workers, --device, --amp, --channels-last and the data's "
+                            "location may change, other "
+                            "changed flags are refused. With another --output, the run continues there "
+                            "(the checkpoint and the best one so far are copied in first)")
         g.add_argument("--overwrite", action="store_true", default=S,
                        help="replace an earlier run in --output (otherwise a run there is never overwritten)")
     g.add_argument("--device", default=S, help=f"auto, cpu, cuda or cuda:N (default: {d['device']})")
-    g.add_argument("--workers", "-j", type=int, default=S, help=f"data loading processes (default: {d['workers']})")
+    g.add_argument("--workers", "-j", type=int, default=S, help="data loading processes. Each draws its own random augmentation stream, so a --seed "
+                        f"repeats a run exactly only with the same --workers (default: {d['workers']})")
     if command in ("train", "demo"):
         g.add_argument("--seed", type=int, default=S, help=f"(default: {d['seed']})")
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=S,

@@ -8,6 +8,7 @@ and the task's meta, e.g. class names).
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,6 +17,8 @@ import torch
 
 from linglo.atomic import atomic_write
 from linglo.errors import LingloError
+
+ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"   # torch.save's zip format; the legacy pickle format
 
 
 def capture_rng() -> dict[str, Any]:
@@ -43,11 +46,27 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 
 def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
     """Write `state` to `path` atomically; on failure the previous `path` is left untouched."""
+    _write(path, lambda f: torch.save(dict(state), f))
+
+
+def copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy checkpoint file `src` to `dst` atomically (the same file, byte for byte)."""
+    with open(src, "rb") as f:
+        _write(dst, lambda out: shutil.copyfileobj(f, out))
+
+
+def _write(path: Path, write) -> None:
     try:
-        atomic_write(path, lambda f: torch.save(dict(state), f))
-    except OSError as e:
-        raise LingloError(f"could not write checkpoint '{path}': {e.strerror or e} "
-                          "(the previous checkpoint is kept)") from e
+        atomic_write(path, write)
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a failed write as a RuntimeError
+        reason = (e.strerror if isinstance(e, OSError) and e.strerror
+                  else f"the write stopped short, disk full or a file size limit? ({_first_line(e)})")
+        raise LingloError(f"could not write checkpoint '{path}': {reason}; the previous checkpoint is kept") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -55,9 +74,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise LingloError(f"checkpoint '{path}' does not exist")
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise LingloError(f"cannot read checkpoint '{path}': {e.strerror or e}") from e
+    if not head:
+        raise LingloError(f"checkpoint '{path}' is empty (0 bytes): an interrupted copy or download?")
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise LingloError(f"'{path}' is not a PyTorch checkpoint (neither a zip archive nor a pickle; "
+                          f"it starts with {head!r})")
+    try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds for a truncated or foreign file
-        raise LingloError(f"cannot read checkpoint '{path}': {type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+        raise LingloError(f"cannot read checkpoint '{path}': {_first_line(e)}") from e
     if not isinstance(ckpt, dict) or not {"model", "config", "meta"} <= ckpt.keys():
         raise LingloError(f"'{path}' is not a linglo checkpoint (no model/config/meta entries)")
     return ckpt

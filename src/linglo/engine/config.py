@@ -9,6 +9,7 @@ to 1e-5, EMA of the weights, AMP where it helps (bf16 on GPU, off on CPU).
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Any, Mapping
 
 from linglo.errors import LingloError
@@ -57,6 +58,12 @@ POSITIVE = ("epochs", "eval_interval", "batch_size", "img_size", "lr", "lr_base"
 NON_NEGATIVE = ("weight_decay", "warmup_epochs", "warmup_lr", "min_lr", "workers", "seed")
 # Keys that describe one invocation, not the run: never taken from a checkpoint's stored config.
 TRANSIENT = ("resume", "overwrite", "checkpoint", "use_ema")
+# Keys naming files or folders: stored resolved (absolute), so a checkpoint works from any folder.
+PATH_KEYS = ("data", "train_images", "train_ann", "val_images", "val_ann", "train_masks", "val_masks",
+             "classes", "backbone_weights")
+# What a resumed run may change: its length (the lr schedule is re-planned), how often it is evaluated,
+# the machine and memory format, where the data and output are. Any other change would make the resumed run another recipe than its metrics say.
+RESUME_MAY_CHANGE = ("epochs", "eval_interval", "workers", "device", "amp", "channels_last", "output", *PATH_KEYS)
 
 
 def known_defaults(task_defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -110,3 +117,23 @@ def resolve(task_defaults: Mapping[str, Any], task_types: Mapping[str, type], *,
     if not 0 < cfg["ema_decay"] < 1:
         raise LingloError(f"'ema_decay' must be between 0 and 1, got {cfg['ema_decay']}")
     return cfg
+
+
+def resolve_paths(cfg: dict[str, Any]) -> None:
+    """Make the PATH_KEYS values that name existing files or folders absolute (built-in names stay)."""
+    for key in PATH_KEYS:
+        value = cfg.get(key)
+        if isinstance(value, str) and value and Path(value).expanduser().exists():
+            cfg[key] = str(Path(value).expanduser().resolve())
+
+
+def changed_on_resume(stored: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+    """The settings of `cfg` that differ from a checkpoint's `stored` config and may not, as
+    "--flag OLD -> NEW" (the model is left to the checkpoint's compatibility check)."""
+    fixed = (*TRANSIENT, *RESUME_MAY_CHANGE, "model")
+
+    def show(v: Any) -> str:
+        return "(unset)" if v is None else repr(v)
+
+    return [f"--{k.replace('_', '-')} {show(v)} -> {show(cfg[k])}" for k, v in stored.items()
+            if k in cfg and k not in fixed and cfg[k] != v]

@@ -4,11 +4,13 @@ Task-specific work goes through linglo.tasks.base.Task; everything here is share
 DDP sharding, AdamW (timm create_optimizer_v2, no weight decay on norms, biases and
 model.no_weight_decay()), warmup + cosine (timm create_scheduler_v2, updated every step), AMP
 (bf16/fp16), gradient clipping, EMA (timm ModelEmaV3), checkpoints + exact resume, metrics.csv,
-summary.json, plots and progress.
+summary.json, plots and progress. A run that cannot go on (non-finite loss or weights, out of memory,
+a failed write, Ctrl-C) stops with its reason in summary.json and its last good checkpoint kept.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from pathlib import Path
@@ -24,17 +26,17 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from linglo.atomic import atomic_write_json
+from linglo.atomic import atomic_write_json, ensure_dir
 from linglo.engine import distributed
-from linglo.engine.checkpoint import (capture_rng, check_compatible, load_checkpoint, load_weights,
-                                      restore_rng, save_checkpoint)
-from linglo.engine.config import resolve
+from linglo.engine.checkpoint import (capture_rng, check_compatible, copy_checkpoint, load_checkpoint,
+                                      load_weights, restore_rng, save_checkpoint)
+from linglo.engine.config import changed_on_resume, resolve, resolve_paths
 from linglo.engine.distributed import DistContext
 from linglo.engine.plots import plot_history
 from linglo.engine.progress import (EpochBar, epoch_line, facts_table, metrics_table, results_table,
                                     step_stats)
 from linglo.engine.records import scalars, write_metrics_csv, write_summary
-from linglo.engine.run_dir import prepare
+from linglo.engine.run_dir import RunDir
 from linglo.errors import LingloError
 from linglo.tasks import Task, get_task
 from linglo.tasks.image_folder import expand_inputs
@@ -66,6 +68,44 @@ def autocast(device: torch.device, amp: str):
 
 def param_checksum(model: nn.Module) -> float:
     return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+
+class TrainingStopped(LingloError):
+    """The loop cannot go on (non-finite loss or weights, out of memory); the message says where."""
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e)
+    return isinstance(e, torch.OutOfMemoryError) or "DefaultCPUAllocator" in text or "out of memory" in text
+
+
+@contextlib.contextmanager
+def memory_hint(where: str, cfg: Mapping[str, Any], device: torch.device):
+    """Turn running out of memory into one line saying where and what to lower."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not _is_oom(e):
+            raise
+        raise TrainingStopped(f"out of memory {where} on {device} (--img-size {cfg['img_size']}, --batch-size "
+                              f"{cfg['batch_size']} per process): lower --batch-size or --img-size") from None
+
+
+def _check_finite(model: nn.Module, epoch: int) -> None:
+    """Refuse to checkpoint weights (or buffers, e.g. BatchNorm statistics) that are no longer finite."""
+    bad = [k for k, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise TrainingStopped(f"the weights became non-finite in epoch {epoch + 1} (first: '{bad[0]}', "
+                              f"{len(bad)} tensors); lower --lr or set --clip-grad")
+
+
+def _check_task(ckpt: Mapping[str, Any], path: Path, task_name: str, command: str) -> None:
+    """Name the command that fits a checkpoint of another task (before its config confuses this one)."""
+    stored = ckpt["meta"].get("task")
+    if stored is not None and stored != task_name:
+        flag = "--resume" if command == "train" else "--checkpoint"
+        raise LingloError(f"checkpoint '{path}' is a {stored} checkpoint, not {task_name}: use "
+                          f"`linglo {command} {stored} {flag} {path}`")
 
 
 def _explicit(key: str, file_cfg: Mapping[str, Any] | None, cli_cfg: Mapping[str, Any] | None) -> Any:
@@ -121,7 +161,8 @@ def evaluate_model(task: Task, model: nn.Module, loader: DataLoader, ctx: DistCo
     """The task's metrics over the whole val set (each rank evaluates its share; states gathered)."""
     model.eval()
     state = task.eval_begin()
-    with torch.no_grad(), EpochBar(console, label, len(loader), transient=True) as bar:
+    with torch.no_grad(), EpochBar(console, label, len(loader), transient=True) as bar, \
+            memory_hint(f"evaluating ({label})", task.cfg, ctx.device):
         for raw in loader:
             with autocast(ctx.device, amp):
                 task.eval_step(model, _batch(task, raw, ctx.device, train=False), state)
@@ -136,7 +177,8 @@ def _train_epoch(task: Task, model: nn.Module, raw_model: nn.Module, loader: Dat
     model.train()
     loss_sum, seen = 0.0, 0
     start = time.perf_counter()
-    with EpochBar(console, f"epoch {epoch + 1}/{cfg['epochs']}", len(loader)) as bar:
+    with EpochBar(console, f"epoch {epoch + 1}/{cfg['epochs']}", len(loader)) as bar, \
+            memory_hint(f"in epoch {epoch + 1} (training)", cfg, ctx.device):
         for raw in loader:
             batch = _batch(task, raw, ctx.device, train=True)
             with autocast(ctx.device, amp):
@@ -152,7 +194,12 @@ def _train_epoch(task: Task, model: nn.Module, raw_model: nn.Module, loader: Dat
             scheduler.step_update(step)
             if ema is not None:
                 ema.update(raw_model, step=step)
-            loss_sum += loss.item() * batch.size
+            value = loss.item()
+            if ctx.sum(float(not math.isfinite(value)))[0]:   # every rank stops at the same step
+                raise TrainingStopped(f"the training loss became {value} at epoch {epoch + 1}, step {bar.done + 1} of "
+                                      f"{len(loader)} (global step {step}); lower --lr (peak "
+                                      f"{optimizer.param_groups[0]['initial_lr']:.3g}) or set --clip-grad")
+            loss_sum += value * batch.size
             seen += batch.size
             rate = seen * ctx.world / (time.perf_counter() - start)
             bar.update(step_stats(loss_sum / seen, optimizer.param_groups[0]["lr"], rate))
@@ -174,21 +221,87 @@ def train(task_name: str, *, file_cfg: Mapping[str, Any] | None = None, cli_cfg:
         if not ckpt_path.is_file():
             raise LingloError(f"nothing to resume: checkpoint '{ckpt_path}' does not exist")
         ckpt = load_checkpoint(ckpt_path)
+        _check_task(ckpt, ckpt_path, task_name, "train")
         cfg = _config(task_cls, file_cfg, {**(cli_cfg or {}), "task": task_name}, base=ckpt["config"])
+        changed = changed_on_resume(ckpt["config"], cfg)
+        if changed:
+            raise LingloError(f"--resume: the run of '{ckpt_path}' was made with other settings ({', '.join(changed)}); "
+                              "a resumed run keeps its recipe (only --epochs, --eval-interval, --workers, --device, --amp, "
+                              "--channels-last and the data's location may change): drop those flags, or start a new run")
         cfg["output"] = _explicit("output", file_cfg, cli_cfg) or str(ckpt_path.parent)
     cfg["output"] = cfg["output"] or default_out
+    resolve_paths(cfg)
+    out = Path(cfg["output"])
+    in_place = ckpt_path is not None and out.resolve() == ckpt_path.parent.resolve()
     ctx = distributed.setup(cfg["device"])
+    run = RunDir(out, resume=in_place, overwrite=cfg["overwrite"], main=ctx.main)
+    if in_place:
+        run.saved_epoch = ckpt["epoch"]
     try:
-        return _fit(task_cls, cfg, ckpt, ckpt_path, ctx, _console(console, ctx))
+        return _fit(task_cls, cfg, ckpt, ckpt_path, ctx, _console(console, ctx), run)
+    except KeyboardInterrupt:
+        run.stopped("interrupted", "interrupted by the user (Ctrl-C / SIGINT)")
+        raise KeyboardInterrupt(_resume_hint(run, task_name)) from None
+    except TrainingStopped as e:
+        run.stopped("failed", str(e))
+        raise TrainingStopped(f"{e}; {_kept(run)}") from e
+    except BaseException as e:
+        run.stopped("failed", str(e) if isinstance(e, LingloError) else f"{type(e).__name__}: {e}")
+        raise
     finally:
+        run.close()
         distributed.teardown()
 
 
+def _kept(run: RunDir) -> str:
+    """What the run folder holds after a failure."""
+    if run.saved_epoch is not None:
+        return f"'{run.out / 'last.pt'}' keeps epoch {run.saved_epoch}"
+    return f"the earlier run in '{run.out}' is kept" if run.aside is not None else "no checkpoint was written"
+
+
+def _resume_hint(run: RunDir, task_name: str) -> str:
+    if run.saved_epoch is None:
+        return f"interrupted before the first checkpoint: {_kept(run)}"
+    task = "" if task_name == "classify" else f" {task_name}"
+    return f"interrupted: {_kept(run)}; continue with: linglo train{task} --resume --output {run.out}"
+
+
+def _open_run(run: RunDir, ckpt: Mapping[str, Any] | None, ckpt_path: Path | None, ctx: DistContext) -> None:
+    """Rank 0 creates and locks the run folder (every rank raises its error); a run resumed into
+    another folder starts it with the checkpoint (last.pt) and the best one so far (best.pt)."""
+    error = None
+    if ctx.main:
+        try:
+            run.open()
+            if ckpt is not None and not run.resume:
+                _carry_checkpoints(ckpt, ckpt_path, run.out)
+                run.committed(ckpt["epoch"])
+        except (LingloError, OSError) as e:
+            error = str(e) if isinstance(e, LingloError) else f"could not write to '{run.out}': {e}"
+    errors = [e for e in ctx.all_gather(error) if e]
+    if errors:
+        raise LingloError(errors[0])
+
+
+def _carry_checkpoints(ckpt: Mapping[str, Any], ckpt_path: Path, out: Path) -> None:
+    copy_checkpoint(ckpt_path, out / "last.pt")
+    best_epoch = (ckpt.get("best") or {}).get("epoch")
+    if best_epoch == ckpt["epoch"]:
+        copy_checkpoint(ckpt_path, out / "best.pt")
+        return
+    source = ckpt_path.parent / "best.pt"
+    if best_epoch is not None and source.is_file() and load_checkpoint(source).get("epoch") == best_epoch:
+        copy_checkpoint(source, out / "best.pt")
+    else:
+        print(f"warning: the best epoch so far ({best_epoch}) has no best.pt next to '{ckpt_path}'; "
+              f"'{out / 'best.pt'}' will be written when a resumed epoch is the best")
+
+
 def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | None, ckpt_path: Path | None,
-         ctx: DistContext, console: Console) -> dict[str, Any]:
-    out = Path(cfg["output"])
-    prepare(out, resume=ckpt is not None, overwrite=cfg["overwrite"], main=ctx.main)
-    ctx.barrier()
+         ctx: DistContext, console: Console, run: RunDir) -> dict[str, Any]:
+    out = run.out
+    run.check()
     amp = resolve_amp(cfg["amp"], ctx.device)
     seed_everything(cfg["seed"] + ctx.rank)
 
@@ -234,6 +347,11 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
             console.print(f"[yellow]warning: checkpoint was made by {len(ckpt['rng'])} process(es), this run has "
                           f"{ctx.world}: random streams are reseeded, so results will not match an uninterrupted run")
             seed_everything(cfg["seed"] + ctx.rank + 1000 * start)
+    if cfg["warmup_epochs"] >= cfg["epochs"]:
+        console.print(f"[yellow]warning: --warmup-epochs {cfg['warmup_epochs']} >= --epochs {cfg['epochs']}: the lr "
+                      f"is still warming up when training ends and never reaches its peak {lr:.3g}; lower "
+                      "--warmup-epochs", soft_wrap=True)
+    _open_run(run, ckpt, ckpt_path, ctx)
 
     data = task.describe()
     console.print(facts_table([
@@ -247,21 +365,23 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
     ]))
 
     def summary(status: str, detail: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+        last = history[-1] if history else {}
         return {"status": status, "task": task.name, "model": cfg["model"], "params": n_params,
-                "epochs": cfg["epochs"], "epochs_done": history[-1]["epoch"],
-                "primary_metric": f"val_{task.primary_metric}",
-                "best": history[best["epoch"] - 1] if best else None,
-                "last": history[-1], "val_detail": {k: v for k, v in detail.items() if k not in history[-1]},
+                "epochs": cfg["epochs"], "epochs_done": len(history),
+                "primary_metric": f"val_{task.primary_metric}", "best": history[best["epoch"] - 1] if best else None,
+                "last": last or None, "val_detail": {k: v for k, v in detail.items() if k not in last},
                 "time_s": sum(r["epoch_time_s"] for r in history), "device": str(ctx.device), "amp": amp,
                 "world_size": ctx.world, "global_batch": global_batch, "lr": lr, "data": data, "meta": meta,
                 "config": cfg, **extra}
 
     metrics: dict[str, Any] = {}
+    run.report = lambda status, reason: write_summary(out / "summary.json", summary(status, metrics, reason=reason))
     for epoch in range(start, cfg["epochs"]):
         t0 = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
         train_loss, step, rate = _train_epoch(task, ddp, model, train_loader, optimizer, scheduler, scaler, ema,
                                               cfg, ctx, amp, epoch, step, console)
+        _check_finite(model, epoch)
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], "train_loss": train_loss}
         evaluated = (epoch + 1) % cfg["eval_interval"] == 0 or epoch + 1 == cfg["epochs"]
         if evaluated:
@@ -286,6 +406,7 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
                      "best": best, "rng": rng, "config": cfg, "meta": meta}
             try:
                 save_checkpoint(out / "last.pt", state)
+                run.committed(epoch + 1)
                 if is_best:
                     save_checkpoint(out / "best.pt", state)
                 write_metrics_csv(out / "metrics.csv", history)
@@ -311,12 +432,13 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
 
 
 # ---- eval and predict from a checkpoint -----------------------------------------------------------
-def _from_checkpoint(task_name: str, file_cfg, cli_cfg):
+def _from_checkpoint(task_name: str, command: str, file_cfg, cli_cfg):
     task_cls = get_task(task_name)
     path = _explicit("checkpoint", file_cfg, cli_cfg)
     if not path:
         raise LingloError("--checkpoint is required (e.g. runs/<run>/best.pt)")
     ckpt = load_checkpoint(path)
+    _check_task(ckpt, Path(path), task_name, command)
     cfg = _config(task_cls, file_cfg, cli_cfg, base=ckpt["config"])
     return task_cls, cfg, ckpt, Path(path)
 
@@ -333,7 +455,7 @@ def _checkpoint_model(task: Task, ckpt: Mapping[str, Any], path: Path, use_ema: 
 def evaluate(task_name: str, *, file_cfg: Mapping[str, Any] | None = None,
              cli_cfg: Mapping[str, Any] | None = None, console: Console | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint on the val split of --data (default: the data it was trained on)."""
-    task_cls, cfg, ckpt, path = _from_checkpoint(task_name, file_cfg, cli_cfg)
+    task_cls, cfg, ckpt, path = _from_checkpoint(task_name, "eval", file_cfg, cli_cfg)
     ctx = distributed.setup(cfg["device"])
     try:
         console = _console(console, ctx)
@@ -343,13 +465,14 @@ def evaluate(task_name: str, *, file_cfg: Mapping[str, Any] | None = None,
         check_compatible(ckpt, path, {"task": task.name, "model": cfg["model"], **task.meta})
         model = _checkpoint_model(task, ckpt, path, cfg["use_ema"], ctx.device)
         _, loader = _loaders(task, None, val_ds, cfg, ctx)
+        given = _explicit("output", file_cfg, cli_cfg)
+        out = Path(given or path.parent / f"eval-{path.stem}{'-ema' if cfg['use_ema'] else ''}")
+        # before the work: a folder that cannot be written is known now
+        ensure_dir(out, *(() if given else ("eval's default output folder", "; choose another with --output")))
         metrics = evaluate_model(task, model, loader, ctx, amp, console)
-        out = Path(_explicit("output", file_cfg, cli_cfg)
-                   or path.parent / f"eval-{path.stem}{'-ema' if cfg['use_ema'] else ''}")
         result = {"checkpoint": str(path), "weights": "ema" if cfg["use_ema"] else "model",
                   "data": task.describe(), "metrics": metrics}
         if ctx.main:
-            out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(out / "eval.json", result)
             console.print(metrics_table(metrics, f"eval: {cfg['model']} on {len(val_ds)} val images ({path})"))
             for r in task.eval_report(metrics, out):
@@ -363,7 +486,7 @@ def evaluate(task_name: str, *, file_cfg: Mapping[str, Any] | None = None,
 def predict(task_name: str, inputs: Sequence[str], *, file_cfg: Mapping[str, Any] | None = None,
             cli_cfg: Mapping[str, Any] | None = None, console: Console | None = None) -> list[dict[str, Any]]:
     """Run a checkpoint on image files / folders; prints the results, writes predictions.json to --output."""
-    task_cls, cfg, ckpt, path = _from_checkpoint(task_name, file_cfg, cli_cfg)
+    task_cls, cfg, ckpt, path = _from_checkpoint(task_name, "predict", file_cfg, cli_cfg)
     task = task_cls(cfg)
     check_compatible(ckpt, path, {"task": task.name, "model": cfg["model"]})
     task.meta = {k: v for k, v in ckpt["meta"].items() if k not in ("task", "model")}
@@ -371,15 +494,15 @@ def predict(task_name: str, inputs: Sequence[str], *, file_cfg: Mapping[str, Any
     device = distributed.pick_device(cfg["device"], 0)
     model = _checkpoint_model(task, ckpt, path, cfg["use_ema"], device)
     out = _explicit("output", file_cfg, cli_cfg)
-    out = Path(out) if out else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    with torch.no_grad(), autocast(device, resolve_amp(cfg["amp"], device)):
+    out = ensure_dir(out) if out else None
+    with torch.no_grad(), autocast(device, resolve_amp(cfg["amp"], device)), memory_hint("predicting", cfg, device):
         preds = task.predict(model, files, device, out)
     console = console or Console()
     for r in task.predict_report(preds):
         console.print(r)
     if out is not None:
         atomic_write_json(out / "predictions.json", preds)
-        console.print(f"written: {out / 'predictions.json'}")
+        pictures = sum(k in p for p in preds for k in ("drawn", "mask"))   # detect/segment draw each image
+        console.print(f"written: {out / 'predictions.json'}"
+                      + (f" and {pictures} pictures (drawn predictions, masks) in {out}" if pictures else ""))
     return preds

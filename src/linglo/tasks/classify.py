@@ -91,6 +91,8 @@ class ClassifyTask(Task):
         if self.cfg["data_cache"] == "memory" and self._aa():
             raise LingloError(f"--data-cache memory augments tensors, which --aa {self.cfg['aa']} cannot: "
                               "pass --aa none, or --data-cache off")
+        if self.cfg["topk"] < 1:
+            raise LingloError(f"--topk must be >= 1 (labels shown per image), got {self.cfg['topk']}")
         if self._mixup_on() and self.cfg["batch_size"] % 2:
             raise LingloError(f"--batch-size must be even with mixup/cutmix on (got {self.cfg['batch_size']}); "
                               "or pass --mixup 0 --cutmix 0")

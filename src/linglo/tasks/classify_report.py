@@ -1,6 +1,7 @@
 """Human-readable classification results: per-class table, confusion-matrix PNG, predictions table."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -55,10 +56,13 @@ def confusion_figure(metrics: Mapping[str, Any], path: Path) -> None:
 
 
 def predictions_table(predictions: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table(title="predictions")
-    table.add_column("file")
+    """One row per file, named relative to the files' common folder and never cut short (folded)."""
+    files = [os.path.abspath(p["file"]) for p in predictions]
+    common = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    table = Table(title="predictions" + (f" (files in {common})" if common else ""))
+    table.add_column("file", overflow="fold")
     table.add_column("top-k (label: probability)")
-    for p in predictions:
+    for p, f in zip(predictions, files):
         text = p.get("error") or ", ".join(f"{t['label']}: {t['prob']:.3f}" for t in p["top"])
-        table.add_row(p["file"], text)
+        table.add_row(os.path.relpath(f, common) if common else f, text)
     return table
