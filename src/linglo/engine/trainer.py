@@ -504,5 +504,5 @@ def predict(task_name: str, inputs: Sequence[str], *, file_cfg: Mapping[str, Any
         atomic_write_json(out / "predictions.json", preds)
         pictures = sum(k in p for p in preds for k in ("drawn", "mask"))   # detect/segment draw each image
         console.print(f"written: {out / 'predictions.json'}"
-                      + (f" and {pictures} pictures (drawn predictions, masks) in {out}" if pictures else ""))
+                      + (f" and {pictures} pictures (drawn predictions, masks) in {out}" if pictures else ""), soft_wrap=True)
     return preds
