@@ -100,7 +100,7 @@ KEY_ONLY_ARMS = {
                                                            "saliency_conv": 3},
 }
 # The family's default as the mixer study decided it (docs/study.md); layout, window and peers vary this arm.
-DEFAULT = "key_only"
+DEFAULT = "key_only + query gate + value conv"
 
 
 def _mixer_study() -> Study:
@@ -597,8 +597,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
     torch.set_num_threads(os.cpu_count() or 1)
     for name, s in studies.items():
-        missing = [str(run_dir(runs, t, a, seed)) for t in s.tasks for a in resolve_arms(s) for seed in range(seeds)
-                   if not finished_runs(runs, t, a, seeds).get(seed)]
+        missing = [f"{t} {a.label} seed {seed}" for t in s.tasks for a in resolve_arms(s)
+                   for seed in sorted(set(range(seeds)) - set(finished_runs(runs, t, a, seeds)))]
         if len(missing) == len(s.tasks) * len(resolve_arms(s)) * seeds:
             print(f"{name}: no table (no run finished)")
             continue
@@ -611,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   + (f" --results {args.results}" if args.results else "") + "`."
                   + (f"\n\nPartial: {len(missing)} of {len(s.tasks) * len(resolve_arms(s)) * seeds} runs not "
                      f"finished (seeds column = runs finished; paired readings use the seeds both arms finished): "
-                     + ", ".join(f"`{Path(m).name}`" for m in missing) if missing else ""))
+                     + "; ".join(missing) + "." if missing else ""))
         write_results(name, collect(name, s, args.budget, seeds, runs, args.device), results / name, header,
                       b["data"])
         print(f"{name}: wrote {results / name}/results.md, results.csv, results.png"
