@@ -75,3 +75,58 @@ def test_bad_inputs_are_one_line_errors(tmp_path, cfg, message):
     with pytest.raises(LingloError, match=message) as err:
         export(ExportConfig(output=tmp_path / "m.onnx", **cfg), log=lambda _: None)
     assert "\n" not in str(err.value)
+
+
+# ---- the timm user's own export call ---------------------------------------------------------------
+def plain_export_rows(name: str, dynamo: bool, path, example: int, sizes, **kwargs) -> list[tuple]:
+    """torch.onnx.export as a timm user calls it (example batch 1, dynamic_axes, nothing else), then onnxruntime
+    against eager PyTorch at batch 1 and 2 for each (H, W): rows of (batch, H, W, max |diff|, max |torch|, ok)."""
+    import warnings
+
+    import numpy as np
+    import onnxruntime as ort
+    model = _randomise(timm.create_model(name, ls_init=1.0, **kwargs))
+    with warnings.catch_warnings():   # torch's advice on its own API: dynamic_shapes over dynamic_axes, dynamo
+        warnings.filterwarnings("ignore", message=".*(dynamic_axes|legacy TorchScript)")
+        torch.onnx.export(model, torch.randn(1, 3, example, example), str(path), input_names=["x"],
+                          dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}}, dynamo=dynamo)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rows = []
+    for batch in (1, 2):
+        for hh, ww in sizes:
+            x = torch.randn(batch, 3, hh, ww, generator=torch.Generator().manual_seed(hh * ww + batch))
+            with torch.no_grad():
+                ref = model(x).numpy()   # eager: the batch-1 branches, dense small maps and cropped windows
+            out = session.run(None, {"x": x.numpy()})[0]
+            rows.append((batch, hh, ww, float(np.abs(out - ref).max()), float(np.abs(ref).max()),
+                         out.shape == ref.shape and np.allclose(out, ref, rtol=1e-4, atol=1e-4)))
+    return rows
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_plain_torch_onnx_export_runs_any_batch_and_size(tmp_path, dynamo):
+    """linglo_t (its real widths) exported at batch 1 runs at batch 2 and at sizes with other map shapes, one not a
+    multiple of 32, with either exporter."""
+    rows = plain_export_rows("linglo_t", dynamo, tmp_path / "m.onnx", 64, [(64, 64), (96, 96), (72, 104)])
+    assert all(ok and big > 0.1 for *_, big, ok in rows), rows
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+@pytest.mark.parametrize("name", ["linglo_t", "linglo_xs", "linglo_s", "linglo_m"])
+def test_plain_torch_onnx_export_every_family_member(tmp_path, name, dynamo):
+    rows = plain_export_rows(name, dynamo, tmp_path / "m.onnx", 224, [(224, 224), (160, 160), (200, 200)])
+    assert all(ok and big > 0.1 for *_, big, ok in rows), rows
+
+
+def test_torch_export_keeps_sizes_dynamic():
+    """torch.export (what the dynamo exporter builds on): the op's size-dependent shortcuts stay out of the graph,
+    so sizes whose maps the eager shortcuts treat differently run, at other batch sizes too."""
+    from torch.export import Dim
+    model = _randomise(timm.create_model("linglo_t", num_classes=5, **TINY))
+    dynamic = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
+    program = torch.export.export(model, (torch.randn(2, 3, 128, 128),), dynamic_shapes=(dynamic,)).module()
+    for shape in [(1, 3, 128, 128), (3, 3, 77, 45), (2, 3, 40, 72)]:   # stage-4 maps 4x4, 3x2, 2x3
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), model(x), rtol=1e-4, atol=1e-4)

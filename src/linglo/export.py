@@ -2,8 +2,9 @@
 dynamic batch, height and width, then checked against PyTorch with onnxruntime at several input sizes.
 
 The graph comes from torch.export (the dynamo ONNX exporter). Two things make it size-general:
-- the key-only op turns its size-dependent shortcuts off while exporting (ops.key_only._static_branches), so
-  the graph keeps the general path that is exact at every size;
+- the key-only op turns its size-dependent shortcuts off while traced or exported (ops.key_only._static_branches),
+  so the graph keeps the general path that is exact at every batch and size; this alone makes a user's plain
+  torch.onnx.export call (batch-1 example, dynamic_axes; dynamo or TorchScript exporter) run at any batch and size;
 - sizes are traced "size-oblivious": torch.export would otherwise specialise any map that could be 1 pixel
   wide (the last stage of a 32-pixel input), and the graph would refuse small inputs.
 The check then runs sizes where the eager shortcuts would have applied (small maps) and one that is not a

@@ -70,20 +70,20 @@ class KeyOnlyAttention(nn.Module):
         self.r_inf = nn.Parameter(torch.full((self.heads,), r_inf_init)) if global_term and window else None
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        b, c, hh, ww = x.shape
+        c = x.shape[1]
         y = self.proj_in(x)
         v_map = y[:, :c]                                                   # (B, C, H, W)
         s = y[:, c:c + self.heads]                                         # (B, h, H, W)
         if self.saliency_conv is not None:   # padded tokens act as zero padding, as in the unpadded image
             s = self.saliency_conv(s if mask is None else s * mask[:, None].to(s.dtype))
-        v = v_map.reshape(b, self.heads, self.head_dim, hh, ww)            # (B, h, d, H, W)
+        v = v_map.unflatten(1, (self.heads, self.head_dim))               # (B, h, d, H, W)
         window = {}
         if self.window and self.axial:
             window["axial_bias"] = (self.bias_y, self.bias_x)
         elif self.window:
             window["rel_bias"] = self.rel_bias
         out = key_only_attention_general(v, s / math.sqrt(self.head_dim), self.r_inf, gate=self.gate, mask=mask,
-                                         **window).reshape(b, c, hh, ww)   # (B, C, H, W)
+                                         **window).flatten(1, 2)           # (B, C, H, W)
         if self.value_conv is not None:
             out = out + self.value_conv(v_map if mask is None else v_map * mask[:, None].to(v_map.dtype))
         if self.query_gate:

@@ -68,16 +68,16 @@ def _check_window(bias: Tensor, heads: int, axis: str = "rel_bias") -> int:
 
 
 def _static_branches() -> bool:
-    """Size-dependent shortcuts are exact but would be frozen into a traced/exported graph: skip them there."""
-    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+    """Size-dependent shortcuts are exact but would be frozen into a traced/exported graph: skip them there.
+    torch.onnx.export(dynamo=True) and torch.export set is_exporting(); the TorchScript exporter traces."""
+    return not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting())
 
 
 def eager_plain(*tensors: Tensor) -> bool:
     """True in an eager call on plain tensors: not traced, exported or compiled, and no fake/proxy/functional tensor
     subclass (whose sizes may be symbolic). Size-dependent fast paths and caches are safe only there; checked before
     any size is compared. Shared by the op's dense and fused paths and the banded MLP (layers.blocks)."""
-    return (_static_branches() and not torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-            and all(type(t) is torch.Tensor for t in tensors))
+    return _static_branches() and not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors)
 
 
 def _crop(kernel: Tensor, size: int, dim: int) -> Tensor:
@@ -90,23 +90,27 @@ def _crop(kernel: Tensor, size: int, dim: int) -> Tensor:
 
 
 def _depthwise(x: Tensor, kernel: Tensor, total: Tensor | None = None) -> Tensor:
-    """Per-head depthwise correlation plus a per-channel constant, in one conv call.
+    """Per-head depthwise correlation plus a per-channel constant.
 
     x: (B, h, c, H, W); kernel: (h, kh, kw); total: (B, h, c) added at every position (the global term) or None.
-    Returns (B, h, c, H, W) with x's memory layout (channels_last input -> channels_last output), zero padding.
-    The constant rides in the conv's bias (no extra pass over the map); for B > 1 the batch is folded into
-    the groups so the per-sample constant is still a bias. Both are shape-dependent, so tracing/export
-    takes the plain conv + add instead.
+    Returns (B, h, c, H, W), zero padding. Eager: one conv2d over the h·c channels with x's memory layout
+    (channels_last input -> channels_last output), the constant riding in the conv's bias (no extra pass over the
+    map); for B > 1 the batch is folded into the groups so the per-sample constant is still a bias. Those branches
+    depend on the batch size, and the conv2d weight's shape on c, so a traced or exported graph (TorchScript,
+    torch.export, either ONNX exporter) takes one conv3d instead, x read as (B, h, c | H, W) with (1, kh, kw)
+    kernels: its weight shape and groups are constants of the model, so every batch and size runs the same graph.
     """
     b, h, c, hh, ww = x.shape
     kh, kw = kernel.shape[-2:]
-    weight = kernel[:, None, None].expand(h, c, 1, kh, kw).reshape(h * c, 1, kh, kw)  # weights only, tiny
     pad = (kh // 2, kw // 2)
-    static = _static_branches()
-    if total is not None and static and b > 1 and x.is_contiguous():
+    if not _static_branches():
+        out = F.conv3d(x, kernel[:, None, None], padding=(0, *pad), groups=kernel.shape[0])  # (B, h, c, H, W)
+        return out if total is None else out + total[..., None, None]
+    weight = kernel[:, None, None].expand(h, c, 1, kh, kw).reshape(h * c, 1, kh, kw)  # weights only, tiny
+    if total is not None and b > 1 and x.is_contiguous():
         out = F.conv2d(x.view(1, b * h * c, hh, ww), weight.repeat(b, 1, 1, 1), total.reshape(-1), padding=pad,
                        groups=b * h * c)
-    elif static and b == 1:
+    elif b == 1:
         x = x.reshape(1, h * c, hh, ww)
         if x.stride(1) == 1 and c * h > 1:
             # channels-last data whose size-1 batch got a small stride: conv would take it for NCHW and copy it
