@@ -1,11 +1,15 @@
-"""Small real datasets for the detect / segment tests, cut from ../shared/data (COCO 2017 photos)."""
+"""Small real datasets for the detect / segment tests, cut from ../shared/data (COCO 2017 photos), and a context
+in which every warning is an error."""
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -59,3 +63,15 @@ def semseg_subset(out: Path, n: int, short_side: int) -> Path:
                 mk.save(out / "masks" / split / f"{m.stem}.png")
     (out / "classes.yaml").write_text(yaml.safe_dump({"classes": {i: names[i] for i in sorted(present)}}))
     return out
+
+
+@contextmanager
+def warnings_as_errors():
+    """Every warning raises inside, torch's once-per-process ones too (so an earlier test cannot hide one)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.set_warn_always(True)
+        try:
+            yield
+        finally:
+            torch.set_warn_always(False)

@@ -3,18 +3,25 @@ that overfits real images, and the train / eval / predict commands."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from dense_fixtures import COCO, coco_subset
+from dense_fixtures import COCO, coco_subset, warnings_as_errors
+from PIL import Image
 from torchvision.transforms import v2
 
 from linglo import engine
 from linglo.cli.main import main
+from linglo.engine.config import resolve
 from linglo.errors import LingloError
-from linglo.tasks.coco import CocoDetection
+from linglo.tasks.coco import CocoDetection, collate
+from linglo.tasks.detect import DetectTask
 from linglo.tasks.detectors import build_detector
 from linglo.tasks.pyramid import Pyramid
+
+SMALL = ["--img-size", "64", "--max-size", "96", "--workers", "0"]
 
 
 # ---- reader ----------------------------------------------------------------------------------------
@@ -78,12 +85,20 @@ def test_bad_boxes_are_clipped_or_dropped_with_counts(tmp_path, capsys):
     (dict(bbox=[1, 2, 3]), "annotation 4242 has bbox [1, 2, 3]"),
     (dict(image_id=12345), "annotation 4242 refers to unknown image id 12345"),
     (dict(segmentation=[]), "annotation 4242 has no segmentation"),
+    # json allows NaN and Infinity: refused while reading, not "clipped" or trained on
+    (dict(bbox=[float("nan"), 2, 30, 40]), "annotation 4242 has bbox value nan (item 0); expected a finite number"),
+    (dict(area=float("inf")), "annotation 4242 has area value inf (item 0); expected a finite number"),
+    (dict(segmentation=[[1, 2, 30, 2, 30, float("-inf")]]),
+     "annotation 4242 has segmentation polygon 0 value -inf (item 5); expected a finite number"),
+    (dict(segmentation={"size": [10, 20], "counts": "ab"}, iscrowd=0),
+     "annotation 4242 has an RLE segmentation of size [10, 20] but its image 000000000025.jpg is [426, 640]"),
+    (dict(segmentation="a polygon"), "annotation 4242 has segmentation 'a polygon'; expected polygons"),
 ])
 def test_bad_annotations_name_the_file(tmp_path, change, message):
     images, ann = coco_subset(tmp_path, 2, lambda d: d["annotations"][0].update(id=4242, **change))
     with pytest.raises(LingloError) as e:
         CocoDetection(images, ann, with_masks=True)
-    assert str(e.value).startswith(f"{ann}: {message}")
+    assert str(e.value).startswith(f"{ann}: {message}") and "\n" not in str(e.value)
 
 
 def test_missing_image_file_is_named(tmp_path):
@@ -152,17 +167,24 @@ def test_mask_rcnn_overfits_four_images(tmp_path):
     assert "val_bbox_AP50" in header and "val_segm_AP75" in header
 
 
-def test_retinanet_train_eval_predict_commands(tmp_path, capsys):
-    images, ann = coco_subset(tmp_path / "data", 2)
-    run = tmp_path / "run"
-    common = ["--img-size", "128", "--max-size", "192", "--workers", "0"]
+@pytest.fixture(scope="module")
+def retinanet_run(tmp_path_factory):
+    """(run folder, images folder, json) of a 1-epoch RetinaNet on 2 real photos."""
+    tmp = tmp_path_factory.mktemp("detect")
+    images, ann = coco_subset(tmp / "data", 2)
+    run = tmp / "run"
     assert main(["train", "detect", "--model", "test_convnext", "--arch", "retinanet", "--fpn-channels", "32",
                  "--train-images", str(images), "--train-ann", str(ann), "--val-images", str(images),
-                 "--val-ann", str(ann), "--epochs", "1", "-b", "2", "-o", str(run), *common]) == 0
+                 "--val-ann", str(ann), "--epochs", "1", "-b", "2", "-o", str(run), *SMALL]) == 0
+    return run, images, ann
+
+
+def test_retinanet_train_eval_predict_commands(retinanet_run, tmp_path, capsys):
+    run, images, ann = retinanet_run
     summary = json.loads((run / "summary.json").read_text())
     assert summary["task"] == "detect" and summary["data"]["arch"] == "retinanet"
     assert "segm_AP" not in str(summary["last"])
-    assert main(["eval", "detect", "--checkpoint", str(run / "last.pt"), "-o", str(tmp_path / "ev"), *common]) == 0
+    assert main(["eval", "detect", "--checkpoint", str(run / "last.pt"), "-o", str(tmp_path / "ev"), *SMALL]) == 0
     assert "bbox_AP50" in json.loads((tmp_path / "ev" / "eval.json").read_text())["metrics"]
     out = tmp_path / "pred"
     files = [str(COCO / "train2017" / "000000000009.jpg"), str(COCO / "train2017" / "000000000025.jpg")]
@@ -170,13 +192,75 @@ def test_retinanet_train_eval_predict_commands(tmp_path, capsys):
                  "-o", str(out), *files]) == 0
     preds = json.loads((out / "predictions.json").read_text())
     assert [p["file"] for p in preds] == files
-    assert all((out / f"{p['file'].split('/')[-1][:-4]}_det.jpg").is_file() for p in preds)
+    assert all(Path(p["drawn"]) == out / f"{Path(p['file']).name}_det.jpg" and Path(p["drawn"]).is_file()
+               for p in preds)
     assert all(d["category_id"] > 0 and len(d["bbox"]) == 4 for p in preds for d in p["detections"])
 
 
-def test_bad_annotation_exits_2_with_one_line(tmp_path, capsys):
-    images, ann = coco_subset(tmp_path, 2, lambda d: d["annotations"][0].update(category_id=999))
+def test_predict_names_drawn_images_by_path_and_says_where(retinanet_run, tmp_path, capsys, monkeypatch):
+    """a/img.jpg, a/img.png and b/img.jpg each get their own picture, predictions.json points each input at its
+    own, the "written:" line says where they went, and the table shows every path whole on a narrow terminal."""
+    run, _, _ = retinanet_run
+    photos = tmp_path / ("a_long_folder_name_" * 4) / "photos"   # longer than the table column
+    for name, colour in (("a/img.jpg", "red"), ("a/img.png", "green"), ("b/img.jpg", "blue")):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 48), colour).save(photos / name)
+    out = tmp_path / "pred"
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["predict", "detect", "--checkpoint", str(run / "last.pt"), "-o", str(out), str(photos)]) == 0
+    printed = capsys.readouterr().out
+    preds = json.loads((out / "predictions.json").read_text())
+    drawn = {Path(p["file"]).relative_to(photos).as_posix(): Path(p["drawn"]) for p in preds}
+    assert drawn == {"a/img.jpg": out / "a" / "img.jpg_det.jpg", "a/img.png": out / "a" / "img.png_det.jpg",
+                     "b/img.jpg": out / "b" / "img.jpg_det.jpg"}
+    for name, colour in (("a/img.jpg", (255, 0, 0)), ("a/img.png", (0, 128, 0)), ("b/img.jpg", (0, 0, 255))):
+        with Image.open(drawn[name]) as im:   # each picture is drawn on its own input
+            assert np.abs(np.asarray(im, float)[24, 1] - colour).max() < 40
+    squeezed = "".join(printed.split())   # rich wraps long lines
+    assert "".join(f"written: {out / 'predictions.json'} and 3 pictures (drawn predictions, masks) in {out}".split()) in squeezed
+    folded = "".join(line.split("│")[1].strip() for line in printed.splitlines() if line.count("│") >= 3)
+    assert all(p["file"] in folded for p in preds)
+
+
+def test_one_bad_file_never_stops_a_folder(retinanet_run, tmp_path):
+    """A 10000×20 image (resized to nothing at --max-size 96) and an unreadable file get an error each; the other
+    image is predicted and predictions.json is written."""
+    run, _, _ = retinanet_run
+    Image.new("RGB", (10000, 20), "gray").save(tmp_path / "long.jpg")
+    Image.new("RGB", (64, 48), "gray").save(tmp_path / "ok.jpg")
+    (tmp_path / "not.jpg").write_bytes(b"not an image")
+    out = tmp_path / "pred"
+    assert main(["predict", "detect", "--checkpoint", str(run / "last.pt"), "-o", str(out),
+                 str(tmp_path / "long.jpg"), str(tmp_path / "not.jpg"), str(tmp_path / "ok.jpg")]) == 0
+    long, bad, ok = json.loads((out / "predictions.json").read_text())
+    assert long["error"].startswith("cannot predict this 10000x20 image: RuntimeError: ") and "drawn" not in long
+    assert bad["error"].startswith(f"cannot read image {tmp_path / 'not.jpg'}")
+    assert "detections" in ok and Path(ok["drawn"]).is_file()
+
+
+def test_training_step_gives_no_warning(tmp_path):
+    images, ann = coco_subset(tmp_path, 2)
+    task = DetectTask(resolve(DetectTask.defaults, DetectTask.optional_types, cli_cfg=dict(
+        model="test_convnext", arch="maskrcnn", img_size=64, max_size=96, fpn_channels=16, train_images=str(images),
+        train_ann=str(ann), val_images=str(images), val_ann=str(ann))))
+    ds = task.build_dataset("train")
+    model = task.build_model().train()
+    batch = task.to_batch(collate([ds[0], ds[1]]), torch.device("cpu"), train=True)
+    with warnings_as_errors():
+        loss, logs = task.loss(model, batch)
+    assert torch.isfinite(loss) and set(logs) >= {"loss_classifier", "loss_mask"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(category_id=999), "unknown category id 999"),
+    (dict(bbox=[float("nan"), 2, 30, 40]), "has bbox value nan"),
+    (dict(segmentation="a polygon"), "has segmentation 'a polygon'"),
+    (dict(segmentation={"size": [10, 20], "counts": "ab"}), "has an RLE segmentation of size [10, 20]"),
+])
+def test_bad_annotation_exits_2_with_one_line(tmp_path, capsys, change, message):
+    images, ann = coco_subset(tmp_path, 2, lambda d: d["annotations"][0].update(**change))
     code = main(["train", "detect", "--model", "test_convnext", "--train-images", str(images), "--train-ann",
-                 str(ann), "--val-images", str(images), "--val-ann", str(ann), "-o", str(tmp_path / "run")])
+                 str(ann), "--val-images", str(images), "--val-ann", str(ann), "--workers", "0", "--epochs", "1",
+                 "--img-size", "64", "--max-size", "96", "-o", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and err.startswith("error: ") and "unknown category id 999" in err and len(err.splitlines()) == 1
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1, err

@@ -3,22 +3,24 @@ training that overfits real images, and the train / eval / predict commands."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from dense_fixtures import semseg_subset
+from dense_fixtures import semseg_subset, warnings_as_errors
 from PIL import Image
 from torch import nn
 
 from linglo import engine
 from linglo.cli.main import main
+from linglo.engine.config import resolve
 from linglo.errors import LingloError
 from linglo.tasks.layouts import seg_paths
 from linglo.tasks.seg_data import IGNORE, LabelMap, SegmentationFolder
 from linglo.tasks.seg_heads import SegmentationModel
 from linglo.tasks.seg_metrics import ConfusionMatrix
-from linglo.tasks.segment import slide_logits
+from linglo.tasks.segment import SegmentTask, slide_logits
 
 
 def _pair(root, name: str, mask: np.ndarray, image_size=None):
@@ -166,7 +168,7 @@ def test_upernet_train_eval_slide_predict_commands(tmp_path):
     pred = json.loads((tmp_path / "pred" / "predictions.json").read_text())[0]
     with Image.open(pred["mask"]) as mask, Image.open(image) as im:
         assert mask.size == im.size and set(np.unique(np.array(mask))) <= set(summary["meta"]["raw_ids"])
-    assert (tmp_path / "pred" / f"{image.stem}_seg.png").is_file()
+    assert pred["drawn"] == str(tmp_path / "pred" / f"{image.name}_seg.png") and Path(pred["drawn"]).is_file()
     assert sum(c["fraction"] for c in pred["classes"]) == pytest.approx(1, abs=1e-3)
 
 
@@ -177,3 +179,53 @@ def test_bad_mask_exits_2_with_one_line(tmp_path, capsys):
                  "--val-masks", str(tmp_path / "d/masks"), "-o", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: mask ") and "is 30x20 but image" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("damage", ["not a png", "cut short"])
+def test_unreadable_mask_exits_2_with_one_line(tmp_path, capsys, damage):
+    _pair(tmp_path / "d", "a", np.random.default_rng(0).integers(0, 150, (20, 30)))
+    mask = tmp_path / "d" / "masks" / "a.png"
+    data = mask.read_bytes()
+    mask.write_bytes(b"not a png" if damage == "not a png" else data[:len(data) // 2])
+    code = main(["train", "segment", "--model", "test_convnext", "--train-images", str(tmp_path / "d/images"),
+                 "--train-masks", str(tmp_path / "d/masks"), "--val-images", str(tmp_path / "d/images"),
+                 "--val-masks", str(tmp_path / "d/masks"), "--epochs", "1", "--img-size", "16", "-b", "1",
+                 "--workers", "0", "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith(f"error: cannot read mask {mask}: ") and len(err.splitlines()) == 1, err
+
+
+def segment_task(head: str = "fpn") -> SegmentTask:
+    task = SegmentTask(resolve(SegmentTask.defaults, SegmentTask.optional_types, cli_cfg=dict(
+        model="test_convnext", head=head, head_channels=16, img_size=32, num_classes=3)))
+    task.meta = {"num_classes": 3, "class_names": ["a", "b", "c"], "raw_ids": [1, 2, 3]}
+    return task
+
+
+def test_predict_names_outputs_by_path_and_one_bad_file_never_stops_a_folder(tmp_path):
+    """a/img.jpg, a/img.png and b/img.jpg each get their own mask and picture; a 10000×20 image (resized to
+    nothing at --img-size 32) gets an error and the others are predicted."""
+    photos = tmp_path / "photos"
+    for name in ("a/img.jpg", "a/img.png", "b/img.jpg", "b/long.jpg"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (10000, 20) if "long" in name else (40, 30), "gray").save(photos / name)
+    files = sorted(p for p in photos.rglob("*") if p.is_file())
+    task = segment_task()
+    with torch.no_grad():
+        preds = task.predict(task.build_model().eval(), files, torch.device("cpu"), tmp_path / "out")
+    records = {p["file"]: p for p in preds}
+    long = records.pop(str(photos / "b/long.jpg"))
+    assert long["error"].startswith("cannot predict this 10000x20 image: RuntimeError")
+    names = {Path(f).relative_to(photos).as_posix(): (Path(p["mask"]), Path(p["drawn"])) for f, p in records.items()}
+    assert names == {n: (tmp_path / "out" / f"{n}_mask.png", tmp_path / "out" / f"{n}_seg.png")
+                     for n in ("a/img.jpg", "a/img.png", "b/img.jpg")}
+    assert all(m.is_file() and d.is_file() for m, d in names.values())
+
+
+def test_upernet_training_step_gives_no_warning():
+    task = segment_task("upernet")
+    model = task.build_model().train()
+    batch = task.to_batch((torch.rand(2, 3, 32, 32), torch.randint(0, 3, (2, 32, 32))), torch.device("cpu"), True)
+    with warnings_as_errors():
+        loss, logs = task.loss(model, batch)
+    assert torch.isfinite(loss) and set(logs) == {"loss_main", "loss_aux"}

@@ -379,6 +379,8 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
     for epoch in range(start, cfg["epochs"]):
         t0 = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
+        if hasattr(train_ds, "set_epoch"):   # per-item augmentation streams (tasks.image_folder.EpochSeeded)
+            train_ds.set_epoch(epoch)
         train_loss, step, rate = _train_epoch(task, ddp, model, train_loader, optimizer, scheduler, scaler, ema,
                                               cfg, ctx, amp, epoch, step, console)
         _check_finite(model, epoch)

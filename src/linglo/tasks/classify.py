@@ -29,7 +29,7 @@ from torch import nn
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
 from linglo.tasks.decoded import BatchAugment, DecodedImages, batch_key, keyed_rng, physical_memory, train_side
-from linglo.tasks.image_folder import CheckedImageFolder, split_dir
+from linglo.tasks.image_folder import UNREADABLE, CheckedImageFolder, collate_readable, load_rgb, split_dir
 from linglo.tasks.model_names import check_model_name, create_model
 from linglo.tasks.posterize_guard import guard_posterize
 
@@ -59,6 +59,7 @@ class ClassifyTask(Task):
     name = "classify"
     primary_metric = "top1"
     higher_is_better = True
+    collate_fn = staticmethod(collate_readable)
     defaults = {
         "model": "linglo_t",
         "scale": [0.08, 1.0],           # RandomResizedCrop area range
@@ -122,7 +123,8 @@ class ClassifyTask(Task):
     def build_dataset(self, split: str) -> CheckedImageFolder | DecodedImages:
         root = resolve_data(self.cfg["data"])
         train = split == "train"
-        folder = CheckedImageFolder(split_dir(root, split), self.transform(train))
+        folder = CheckedImageFolder(split_dir(root, split), self.transform(train), substitute=train,
+                                    seed=self.cfg["seed"])
         names = class_names(root, list(folder.classes))
         if not self.meta:
             self.meta = {"num_classes": len(names), "class_names": names}
@@ -159,7 +161,7 @@ class ClassifyTask(Task):
         to_uint8 = create_transform(side, is_training=False, interpolation=c["interpolation"],
                                     crop_pct=1.0 if train else c["crop_pct"], use_prefetcher=True)
         decode_side = side if train else math.ceil(c["img_size"] / c["crop_pct"])   # what the resize needs
-        ds = DecodedImages(folder.samples, to_uint8, side, load=functools.partial(load_rgb_draft, size=decode_side))
+        ds = DecodedImages(folder.samples, to_uint8, side, load=functools.partial(load_rgb, draft=decode_side))
         self.cached["train" if train else "val"] = f"memory, {ds.nbytes / 2**20:.0f} MiB, decoded in {ds.seconds:.1f} s"
         if train:
             self.augment = BatchAugment(c["img_size"], c["scale"], IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
@@ -191,6 +193,11 @@ class ClassifyTask(Task):
         return nn.CrossEntropyLoss()
 
     def to_batch(self, raw: Any, device: torch.device, train: bool) -> Batch:
+        # collate_readable appends the paths the PIL pipeline could not decode in evaluation (a list, not a tensor)
+        *raw, unreadable = raw if isinstance(raw[-1], list) else (*raw, [])
+        self.skipped += [p for p in unreadable if p not in self.skipped]
+        if raw[0] is None:       # no image of the batch decoded
+            return Batch(None, None, 0)
         x, y = raw[0].to(device, non_blocking=True), raw[1].to(device, non_blocking=True)   # x: B×3×H×W, y: B
         if x.dtype != torch.uint8:   # PIL pipeline: augmented in the loader
             return Batch(*self._mixup(x, y) if train else (x, y), len(x))
@@ -226,6 +233,8 @@ class ClassifyTask(Task):
         return {"confusion": torch.zeros(n, n, dtype=torch.long), "loss_sum": 0.0, "topk_correct": 0}
 
     def eval_step(self, model: nn.Module, batch: Batch, state: dict[str, Any]) -> None:
+        if batch.size == 0:
+            return
         n = self.meta["num_classes"]
         logits = model(batch.inputs).float()                  # B×n
         y = batch.targets
@@ -263,7 +272,6 @@ class ClassifyTask(Task):
     # ---- prediction ---------------------------------------------------------------------------
     def predict(self, model: nn.Module, files: Sequence[Path], device: torch.device,
                 out_dir: Path | None) -> list[dict[str, Any]]:
-        from PIL import Image
         tf = self.transform(train=False)
         names = self.meta["class_names"]
         k = min(self.cfg["topk"], len(names))
@@ -272,9 +280,8 @@ class ClassifyTask(Task):
         for path in files:
             results.append({"file": str(path)})
             try:
-                with Image.open(path) as im:
-                    readable.append((len(results) - 1, tf(im.convert("RGB"))))
-            except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+                readable.append((len(results) - 1, tf(load_rgb(path))))
+            except UNREADABLE as e:
                 results[-1]["error"] = f"unreadable image, skipped: {e}"
         bs = self.cfg["batch_size"]
         for start in range(0, len(readable), bs):
@@ -313,11 +320,3 @@ def class_names(root: Path, folders: list[str]) -> list[str]:
     if len(set(shown)) != len(shown):
         raise LingloError(f"'{path}' gives two class folders the same name: {shown}")
     return shown
-
-
-def load_rgb_draft(path: str, size: int):
-    """An image file as RGB, a JPEG decoded at the smallest scale that is still at least size×size (fast)."""
-    from PIL import Image
-    with Image.open(path) as im:
-        im.draft("RGB", (size, size))
-        return im.convert("RGB")

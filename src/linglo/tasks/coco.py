@@ -3,26 +3,30 @@
 Reads boxes, polygon / RLE masks and crowd flags; keeps images without annotations (they are
 negatives in training and count in evaluation). Category ids map to contiguous labels 1..K
 (0 is torchvision's background). Bad annotations are fixed where that is unambiguous (boxes
-clipped to the image, empty boxes dropped, both counted and logged) and refused otherwise, with
-the json file and annotation named.
+clipped to the image, empty boxes dropped, both counted and logged) and refused otherwise (e.g.
+NaN or Infinity, which json allows; an RLE of another size than its image), with the json file and
+annotation named. Images are read with load_rgb (EXIF orientation applied, as annotation tools show
+them). predict_each runs a dense model over image files, one record per file.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from linglo.errors import LingloError
+from linglo.tasks.image_folder import UNREADABLE, EpochSeeded, load_rgb
 
 
 def load_coco_json(ann_file: str | os.PathLike) -> dict:
@@ -43,35 +47,71 @@ def load_coco_json(ann_file: str | os.PathLike) -> dict:
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """RGB uint8 3×H×W; a LingloError naming the file when it cannot be decoded."""
+    """RGB uint8 3×H×W as load_rgb reads it (EXIF orientation applied); a LingloError naming the file when it
+    cannot be decoded."""
     try:
-        with Image.open(path) as im:
-            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        return torch.from_numpy(np.asarray(load_rgb(path)).copy()).permute(2, 0, 1)
+    except UNREADABLE as e:
         raise LingloError(f"cannot read image {path}: {e}") from e
 
 
-def readable_images(files, results: list):
-    """Yield (path, 3×H×W uint8 image) for each file; an unreadable one is recorded in `results`
-    as {"file", "error"} and skipped, so predicting over a folder never stops on one bad file."""
+def predict_each(files: Sequence[Path], predict_one: Callable[[Path, torch.Tensor], dict]) -> list[dict]:
+    """One record per file: predict_one(path, 3×H×W uint8 image), or {"file", "error"} when the file cannot be read
+    or predicted (e.g. a 10000×20 image whose feature maps shrink to nothing), so one bad file never stops a folder."""
+    results = []
     for path in files:
         try:
-            yield path, read_image(path)
+            image = read_image(path)
         except LingloError as e:
             results.append({"file": str(path), "error": str(e)})
+            continue
+        try:
+            results.append(predict_one(path, image))
+        except (RuntimeError, ValueError) as e:
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            results.append({"file": str(path), "error": f"cannot predict this {image.shape[-1]}x{image.shape[-2]} "
+                                                        f"image: {type(e).__name__}: {first}"})
+    return results
 
 
-class CocoDetection(Dataset):
+def _check_finite(where: str, field: str, values: list) -> None:
+    """A LingloError naming `field` unless every value is a finite number (json allows NaN and Infinity)."""
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise LingloError(f"{where} has {field} value {v!r} (item {i}); expected a finite number")
+
+
+def _check_segmentation(where: str, seg, img: dict) -> None:
+    """Polygons [[x, y, ...], ...] of finite numbers, or an RLE {"size": [height, width], "counts": ...} of the
+    image's size; anything else is refused with the annotation named."""
+    if isinstance(seg, list):
+        for i, poly in enumerate(seg):
+            if not isinstance(poly, list):
+                raise LingloError(f"{where} has segmentation polygon {i} = {str(poly)[:60]!r}; expected a list of "
+                                  "x, y coordinates")
+            _check_finite(where, f"segmentation polygon {i}", poly)
+    elif isinstance(seg, dict) and isinstance(seg.get("counts"), (list, str)):
+        if seg.get("size") != [img["height"], img["width"]]:
+            raise LingloError(f"{where} has an RLE segmentation of size {seg.get('size')} but its image "
+                              f"{img['file_name']} is [{img['height']}, {img['width']}] ([height, width])")
+    else:
+        raise LingloError(f"{where} has segmentation {str(seg)[:60]!r}; expected polygons [[x, y, ...]] or RLE "
+                          "{\"size\": [height, width], \"counts\": ...}")
+
+
+class CocoDetection(EpochSeeded, Dataset):
     """(image float 3×H×W in [0,1], target dict) pairs in torchvision detection format.
 
     target: boxes (N×4 xyxy, pixels), labels (N, 1..K), image_id, and masks (N×H×W uint8) when
     `with_masks`. Crowd regions are left out of training targets (they are neither positives nor
-    negatives for the detector) but stay in the json that evaluation scores against.
+    negatives for the detector) but stay in the json that evaluation scores against. The training
+    flip draws from item_rng(seed, epoch, index).
     """
 
     def __init__(self, images_dir: str | os.PathLike, ann_file: str | os.PathLike,
-                 train: bool = False, with_masks: bool = False):
+                 train: bool = False, with_masks: bool = False, seed: int = 0):
         self.images_dir = Path(images_dir)
+        self.seed = seed
         self.ann_file = Path(ann_file)
         self.with_masks = with_masks
         if not self.images_dir.is_dir():
@@ -118,6 +158,11 @@ class CocoDetection(Dataset):
             bbox = a.get("bbox")
             if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
                 raise LingloError(f"{where} has bbox {bbox!r}; expected [x, y, width, height]")
+            _check_finite(where, "bbox", bbox)
+            if "area" in a:
+                _check_finite(where, "area", [a["area"]])
+            if a.get("segmentation") is not None:
+                _check_segmentation(where, a["segmentation"], img)
             if self.with_masks and not a.get("segmentation"):
                 raise LingloError(f"{where} has no segmentation; mask training needs polygons or RLE "
                                   f"(use --arch retinanet for boxes only)")
@@ -174,7 +219,8 @@ class CocoDetection(Dataset):
             if anns:
                 masks = np.stack([self._mask(a["segmentation"], H, W) for a in anns])
             target["masks"] = tv_tensors.Mask(torch.from_numpy(masks))  # N×H×W
-        image, target = self.transform(tv_tensors.Image(image), target)
+        with self.item_rng(index):
+            image, target = self.transform(tv_tensors.Image(image), target)
         return image.float().div_(255), target
 
 

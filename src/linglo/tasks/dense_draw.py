@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import colorsys
+import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from PIL import Image
@@ -16,8 +18,17 @@ def palette(n: int) -> list[tuple[int, int, int]]:
     return [tuple(int(255 * c) for c in colorsys.hsv_to_rgb((i * 0.618034) % 1.0, 0.75, 0.95)) for i in range(n)]
 
 
+def output_names(files: Sequence[Path]) -> list[Path]:
+    """A distinct, stable name per input for what is drawn from it: its path under the inputs' common folder
+    (a/img.jpg, a/img.png and b/img.jpg stay apart); callers add a suffix such as "_det.jpg"."""
+    folders = [os.path.abspath(p.parent) for p in files]
+    root = os.path.commonpath(folders) if folders else ""
+    return [Path(os.path.relpath(folder, root)) / p.name for folder, p in zip(folders, files)]
+
+
 def _save(image: torch.Tensor, path: Path) -> Path:
-    """C×H×W uint8 (C = 3, or 1 for a label image) to a JPEG or PNG file, by suffix."""
+    """C×H×W uint8 (C = 3, or 1 for a label image) to a JPEG or PNG file, by suffix (folders made as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     array = image.permute(1, 2, 0).squeeze(-1).contiguous().numpy()
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
     options = {"quality": 90} if fmt == "JPEG" else {}

@@ -15,7 +15,7 @@ from torch import nn
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.coco import CocoDetection, collate, readable_images
+from linglo.tasks.coco import CocoDetection, collate, predict_each
 from linglo.tasks.coco_eval import coco_evaluate, to_coco_results
 from linglo.tasks.detectors import ARCHS, build_detector
 from linglo.tasks.layouts import backbone_weights, coco_paths
@@ -66,7 +66,8 @@ class DetectTask(Task):
     # ---- data -------------------------------------------------------------------------------
     def build_dataset(self, split: str) -> CocoDetection:
         images, ann = coco_paths(self.cfg, split)
-        ds = CocoDetection(images, ann, train=split == "train", with_masks=self.with_masks and split == "train")
+        ds = CocoDetection(images, ann, train=split == "train", with_masks=self.with_masks and split == "train",
+                           seed=self.cfg["seed"])
         meta = {"num_classes": ds.num_classes, "class_names": ds.class_names, "category_ids": ds.cat_ids}
         if not self.meta:
             self.meta = meta
@@ -92,7 +93,7 @@ class DetectTask(Task):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         losses = model(batch.inputs, batch.targets)  # torchvision: dict of loss terms in train mode
-        return sum(losses.values()), {k: float(v) for k, v in losses.items()}
+        return sum(losses.values()), {k: v.item() for k, v in losses.items()}
 
     # ---- evaluation ---------------------------------------------------------------------------
     def eval_begin(self) -> list[dict]:
@@ -112,10 +113,11 @@ class DetectTask(Task):
     # ---- prediction ---------------------------------------------------------------------------
     def predict(self, model: nn.Module, files: Sequence[Path], device: torch.device,
                 out_dir: Path | None) -> list[dict[str, Any]]:
-        from linglo.tasks.dense_draw import draw_detections
+        from linglo.tasks.dense_draw import draw_detections, output_names
         names = self.meta["class_names"]
-        results = []
-        for path, image in readable_images(files, results):  # image: 3×H×W uint8
+        drawn = dict(zip(files, output_names(files)))
+
+        def predict_one(path: Path, image: torch.Tensor) -> dict[str, Any]:   # image: 3×H×W uint8
             out = model([image.to(device).float().div(255)])[0]
             keep = out["scores"] >= self.cfg["score_thresh"]
             out = {k: v[keep].cpu() for k, v in out.items()}
@@ -125,14 +127,15 @@ class DetectTask(Task):
                 d["label"] = names[label - 1]
             record = {"file": str(path), "width": image.shape[-1], "height": image.shape[-2], "detections": dets}
             if out_dir is not None:
-                record["drawn"] = str(draw_detections(image, out, names, out_dir / f"{path.stem}_det.jpg"))
-            results.append(record)
-        return results
+                record["drawn"] = str(draw_detections(image, out, names, out_dir / f"{drawn[path]}_det.jpg"))
+            return record
+
+        return predict_each(files, predict_one)
 
     def predict_report(self, predictions: Sequence[Mapping[str, Any]]) -> list[Any]:
         from rich.table import Table
         table = Table(title=f"detections (score >= {self.cfg['score_thresh']})")
-        table.add_column("file")
+        table.add_column("file", overflow="fold")   # whole paths: rows must be told apart
         table.add_column("objects")
         for p in predictions:
             text = p.get("error") or ", ".join(f"{d['label']} {d['score']:.2f}" for d in p["detections"][:8])

@@ -1,8 +1,11 @@
-"""ImageFolder data (`ROOT/{train,val}/<class>/<image>`) with clear errors and unreadable files skipped.
+"""Reading images (load_rgb, for every task), ImageFolder data (`ROOT/{train,val}/<class>/<image>`) with clear errors
+and unreadable files skipped, and per-item random streams for augmentation.
 
-Unreadable images (not an image, empty, corrupt header) are found when the folder is scanned and
-skipped with a count (reported in the log and summary.json); an image whose data turns out to be
-corrupt only when decoded is replaced by the next image, with a warning naming the file.
+Unreadable images (not an image, empty, corrupt header, a JPEG or PNG cut short) are found when the folder is
+scanned and skipped with a count (reported in the log and summary.json). An image whose data turns out to be
+corrupt only when decoded is, in training, replaced by the next image with a warning naming the file; in
+evaluation it is left out (an Unreadable item, dropped by collate_readable, that the task adds to its skipped
+files), so every readable image counts exactly once.
 """
 from __future__ import annotations
 
@@ -10,16 +13,57 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager, NamedTuple
 
-from PIL import Image
+import numpy as np
+import torch
+from PIL import ExifTags, Image, ImageOps
+from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from linglo.errors import LingloError
+from linglo.tasks.decoded import keyed_rng
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation")}
 LAYOUT = "expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)   # what PIL raises on a bad file
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}   # how a complete file of the format ends
+TRANSPOSED = (5, 6, 7, 8)   # EXIF orientations that swap width and height
+
+
+def load_rgb(path: str | os.PathLike, draft: int | None = None) -> Image.Image:
+    """The image in `path` as RGB, the way viewers show it: EXIF orientation applied, 16-bit grey (mode I;16 / I)
+    scaled to 8 bits (value >> 8) rather than clipped. `draft`: a JPEG is decoded at the smallest DCT scale that is
+    still at least draft×draft (fast). Raises what PIL raises for an unreadable file (UNREADABLE)."""
+    with Image.open(path) as im:
+        if draft is not None:
+            im.draft("RGB", (draft, draft))
+        im.load()
+        ImageOps.exif_transpose(im, in_place=True)
+        if im.mode == "I" or im.mode.startswith("I;16"):
+            im = Image.fromarray((np.asarray(im).clip(0, 65535) >> 8).astype(np.uint8))   # H×W, mode L
+        return im.convert("RGB")
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as load_rgb returns it, from the header (EXIF orientation 5-8 swaps)."""
+    return im.size[::-1] if im.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED else im.size
+
+
+class EpochSeeded:
+    """Dataset mixin: item i of epoch e augments with item_rng(seed, e, i). The engine calls set_epoch() before
+    each training epoch, so results depend on the seed alone, not on --workers or on a resume."""
+    seed: int = 0
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def item_rng(self, index: int) -> ContextManager[None]:
+        """Python's, NumPy's and torch's CPU random draws inside come from (seed, epoch, index), in the main process
+        (--workers 0) as in any DataLoader worker; the caller's streams are left as they were."""
+        return keyed_rng(hash((self.seed, self.epoch, index)) & (2**63 - 1), torch.device("cpu"))
 
 
 def split_dir(root: Path, split: str) -> Path:
@@ -37,21 +81,50 @@ def is_image_name(path: str | Path) -> bool:
 
 
 def _opens(path: str) -> bool:
-    """True when PIL recognises the file as an image with a size (reads the header only)."""
+    """True when PIL recognises the file as an image with a size (reads the header) and a JPEG or PNG ends as a
+    complete one does (reads its last bytes); one that seems cut short is decoded to decide."""
     try:
         with Image.open(path) as im:
-            return im.width > 0 and im.height > 0
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            if not (im.width > 0 and im.height > 0):
+                return False
+            marker = END_MARKERS.get(im.format)
+        if marker is None:
+            return True
+        with open(path, "rb") as f:
+            f.seek(max(os.path.getsize(path) - 64, 0))
+            if marker in f.read():
+                return True
+        load_rgb(path)   # no end marker in the last bytes: trailing data after a complete image, or cut short
+        return True
+    except UNREADABLE:
         return False
 
 
-class CheckedImageFolder(ImageFolder):
+class Unreadable(NamedTuple):
+    """What CheckedImageFolder returns for an image that fails to decode, when it does not substitute another."""
+    path: str
+    error: str
+
+
+def collate_readable(batch: list) -> tuple:
+    """(images, targets, paths of unreadable items): torch's default collate over the readable items; images and
+    targets are None when the batch has no readable item."""
+    items = [b for b in batch if not isinstance(b, Unreadable)]
+    unreadable = [b.path for b in batch if isinstance(b, Unreadable)]
+    return (*default_collate(items), unreadable) if items else (None, None, unreadable)
+
+
+class CheckedImageFolder(EpochSeeded, ImageFolder):
     """torchvision ImageFolder that skips unreadable images and names empty class folders.
 
-    `skipped` lists the image-named files that could not be opened.
+    Images are read with load_rgb. `skipped` lists the image-named files found unreadable by the scan.
+    An image that fails to decode later is replaced by the next one (with a warning) when `substitute`
+    (training), else returned as an Unreadable (evaluation: it must count neither as itself nor twice).
+    Augmentation draws from item_rng(seed, epoch, index).
     """
 
-    def __init__(self, root: Path, transform: Callable | None = None, io_threads: int = 16):
+    def __init__(self, root: Path, transform: Callable | None = None, io_threads: int = 16,
+                 substitute: bool = False, seed: int = 0):
         root = Path(root)
         classes, _ = self.find_classes(str(root))
         # Same walk and path spelling as torchvision's make_dataset (follows symlinked folders).
@@ -61,7 +134,7 @@ class CheckedImageFolder(ImageFolder):
         with ThreadPoolExecutor(io_threads) as pool:  # header reads are I/O-bound
             ok = dict(zip(candidates, pool.map(_opens, candidates)))
         self.skipped = [p for p, good in ok.items() if not good]
-        super().__init__(str(root), transform=transform, is_valid_file=lambda p: ok.get(p, False),
+        super().__init__(str(root), transform=transform, loader=load_rgb, is_valid_file=lambda p: ok.get(p, False),
                          allow_empty=True)
         counts = [0] * len(self.classes)
         for t in self.targets:
@@ -71,6 +144,7 @@ class CheckedImageFolder(ImageFolder):
             raise LingloError(f"class folder '{root / empty[0]}' has no readable images "
                               f"(looked for {', '.join(IMG_EXTENSIONS)})")
         self.class_counts = dict(zip(self.classes, counts))
+        self.substitute, self.seed = substitute, seed
         self._warned: set[str] = set()
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
@@ -81,16 +155,20 @@ class CheckedImageFolder(ImageFolder):
         return classes, {c: i for i, c in enumerate(classes)}
 
     def __getitem__(self, index: int):
-        for attempt in range(len(self.samples)):
+        for attempt in range(len(self.samples) if self.substitute else 1):
             path, target = self.samples[(index + attempt) % len(self.samples)]
             try:
                 img = self.loader(path)
-            except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+            except UNREADABLE as e:
                 if path not in self._warned:
                     self._warned.add(path)
-                    print(f"warning: skipping unreadable image {path}: {e}", file=sys.stderr)
+                    what = "replaced by the next image" if self.substitute else "left out"
+                    print(f"warning: unreadable image {path} {what}: {e}", file=sys.stderr)
+                if not self.substitute:
+                    return Unreadable(path, str(e))
                 continue
-            return (self.transform(img) if self.transform else img), target
+            with self.item_rng(index):
+                return (self.transform(img) if self.transform else img), target
         raise LingloError(f"no image in '{self.root}' can be decoded")
 
 

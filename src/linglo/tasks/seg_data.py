@@ -5,13 +5,16 @@ ignored pixels become IGNORE (255). Two raw conventions:
 - ADE20K: raw values 1..K are the classes (train id = raw - 1), K = 150 by default.
 - a class file (`classes.yaml` with `classes: {id: name}`, e.g. coco128_semseg's COCO panoptic
   ids 1..200 with gaps): its non-zero ids, sorted, become train ids 0..K-1.
-Masks pair with images by file stem; images without a mask are skipped (counted and logged).
+Masks pair with images by file stem; images without a mask are skipped (counted and logged). Images are read
+with load_rgb, EXIF orientation applied, so a mask pairs with its image as viewers show it. An image or mask
+that cannot be read is a one-line error naming the file.
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -23,6 +26,7 @@ from torchvision.transforms import v2
 
 from linglo.errors import LingloError
 from linglo.tasks.coco import read_image
+from linglo.tasks.image_folder import UNREADABLE, EpochSeeded, oriented_size
 
 IGNORE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -94,19 +98,30 @@ def pair_files(images_dir: str | os.PathLike, masks_dir: str | os.PathLike) -> t
         print(f"warning: {images_dir}: skipped {len(images) - len(pairs)} of {len(images)} images that have no mask "
               f"in {masks_dir}", file=sys.stderr)
     for image, mask in pairs:  # header reads only: sizes are checked up front, label values on load
-        with Image.open(image) as im, Image.open(mask) as m:
-            if im.size != m.size:
-                raise LingloError(f"mask {mask} is {m.size[0]}x{m.size[1]} but image {image} is "
-                                  f"{im.size[0]}x{im.size[1]}")
+        size, mask_size = _header(image, "image", oriented_size), _header(mask, "mask", lambda m: m.size)
+        if size != mask_size:
+            raise LingloError(f"mask {mask} is {mask_size[0]}x{mask_size[1]} but image {image} is {size[0]}x{size[1]}")
     return pairs, len(images) - len(pairs)
+
+
+def _header(path: Path, what: str, read: Callable[[Image.Image], tuple[int, int]]) -> tuple[int, int]:
+    """read(opened image) from the file's header; a LingloError naming the file when PIL cannot open it."""
+    try:
+        with Image.open(path) as im:
+            return read(im)
+    except UNREADABLE as e:
+        raise LingloError(f"cannot read {what} {path}: {e}") from e
 
 
 def read_mask(path: Path) -> np.ndarray:
     """H×W uint8 label values of a single-channel (L or palette) PNG."""
-    with Image.open(path) as m:
-        if m.mode not in ("L", "P"):
-            raise LingloError(f"mask {path} has mode {m.mode}; expected a single-channel 8-bit PNG (L or P)")
-        return np.array(m)
+    try:
+        with Image.open(path) as m:
+            if m.mode not in ("L", "P"):
+                raise LingloError(f"mask {path} has mode {m.mode}; expected a single-channel 8-bit PNG (L or P)")
+            return np.array(m)
+    except UNREADABLE as e:
+        raise LingloError(f"cannot read mask {path}: {e}") from e
 
 
 def train_transform(crop: int) -> v2.Transform:
@@ -120,16 +135,17 @@ def train_transform(crop: int) -> v2.Transform:
     ])
 
 
-class SegmentationFolder(Dataset):
+class SegmentationFolder(EpochSeeded, Dataset):
     """(image float 3×h×w in [0,1], mask int64 H×W train ids / IGNORE) pairs.
 
     Training items are augmented crops (`crop`×`crop`, image and mask aligned). Evaluation items
     resize the image so its shorter side is `crop` (longer side at most 4×) and keep the mask at
-    the original resolution, where the metrics are computed.
+    the original resolution, where the metrics are computed. Augmentation draws from item_rng(seed, epoch, index).
     """
 
-    def __init__(self, images_dir, masks_dir, label_map: LabelMap, crop: int, train: bool):
+    def __init__(self, images_dir, masks_dir, label_map: LabelMap, crop: int, train: bool, seed: int = 0):
         self.pairs, self.skipped = pair_files(images_dir, masks_dir)
+        self.seed = seed
         self.label_map = label_map
         self.train = train
         self.transform = train_transform(crop) if train else v2.Resize(crop, max_size=4 * crop, antialias=True)
@@ -142,7 +158,8 @@ class SegmentationFolder(Dataset):
         image = tv_tensors.Image(read_image(image_path))  # 3×H×W uint8
         mask = tv_tensors.Mask(torch.from_numpy(self.label_map(read_mask(mask_path), str(mask_path))))  # H×W
         if self.train:
-            image, mask = self.transform(image, mask)
+            with self.item_rng(index):
+                image, mask = self.transform(image, mask)
         else:
             image = self.transform(image)
         return image.float().div_(255), mask.long()

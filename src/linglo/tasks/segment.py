@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.coco import readable_images
+from linglo.tasks.coco import predict_each
 from linglo.tasks.layouts import backbone_weights, seg_classes_file, seg_paths
 from linglo.tasks.seg_data import IGNORE, LabelMap, SegmentationFolder
 from linglo.tasks.seg_heads import AUX_WEIGHT, HEADS, SegmentationModel
@@ -105,7 +105,7 @@ class SegmentTask(Task):
     def build_dataset(self, split: str) -> SegmentationFolder:
         images, masks = seg_paths(self.cfg, split)
         lm = self.label_map()
-        ds = SegmentationFolder(images, masks, lm, self.cfg["img_size"], train=split == "train")
+        ds = SegmentationFolder(images, masks, lm, self.cfg["img_size"], train=split == "train", seed=self.cfg["seed"])
         meta = {"num_classes": lm.num_classes, "class_names": lm.names, "raw_ids": lm.raw_ids}
         if not self.meta:
             self.meta = meta
@@ -131,7 +131,7 @@ class SegmentTask(Task):
         if "aux" not in out:
             return main, {}
         aux = F.cross_entropy(out["aux"].float(), batch.targets, ignore_index=IGNORE)
-        return main + AUX_WEIGHT * aux, {"loss_main": float(main), "loss_aux": float(aux)}
+        return main + AUX_WEIGHT * aux, {"loss_main": main.item(), "loss_aux": aux.item()}
 
     # ---- evaluation ---------------------------------------------------------------------------
     def logits(self, model: nn.Module, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -184,12 +184,13 @@ class SegmentTask(Task):
     # ---- prediction ---------------------------------------------------------------------------
     def predict(self, model: nn.Module, files: Sequence[Path], device: torch.device,
                 out_dir: Path | None) -> list[dict[str, Any]]:
-        from linglo.tasks.dense_draw import draw_segmentation, save_label_png
+        from linglo.tasks.dense_draw import draw_segmentation, output_names, save_label_png
         size = self.cfg["img_size"]
         resize = v2.Resize(size, max_size=4 * size, antialias=True)
         names, raw_ids = self.meta["class_names"], torch.tensor(self.meta["raw_ids"])
-        results = []
-        for path, image in readable_images(files, results):  # image: 3×H×W uint8
+        drawn = dict(zip(files, output_names(files)))
+
+        def predict_one(path: Path, image: torch.Tensor) -> dict[str, Any]:   # image: 3×H×W uint8
             H, W = image.shape[-2:]
             x = resize(image).to(device).float().div(255)
             pred = self.logits(model, x, (H, W)).argmax(1)[0].cpu()  # H×W train ids
@@ -199,15 +200,16 @@ class SegmentTask(Task):
                       "classes": [{"label": names[int(ids[i])], "id": int(raw_ids[ids[i]]),
                                    "fraction": round(float(counts[i]) / (H * W), 4)} for i in order]}
             if out_dir is not None:
-                record["mask"] = str(save_label_png(raw_ids[pred], out_dir / f"{path.stem}_mask.png"))
-                record["drawn"] = str(draw_segmentation(image, pred, len(names), out_dir / f"{path.stem}_seg.png"))
-            results.append(record)
-        return results
+                record["mask"] = str(save_label_png(raw_ids[pred], out_dir / f"{drawn[path]}_mask.png"))
+                record["drawn"] = str(draw_segmentation(image, pred, len(names), out_dir / f"{drawn[path]}_seg.png"))
+            return record
+
+        return predict_each(files, predict_one)
 
     def predict_report(self, predictions: Sequence[Mapping[str, Any]]) -> list[Any]:
         from rich.table import Table
         table = Table(title="segmentation (classes by area)")
-        table.add_column("file")
+        table.add_column("file", overflow="fold")   # whole paths: rows must be told apart
         table.add_column("classes")
         for p in predictions:
             text = p.get("error") or ", ".join(f"{c['label']} {100 * c['fraction']:.0f}%" for c in p["classes"][:6])
