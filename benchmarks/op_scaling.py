@@ -32,8 +32,7 @@ import torch.nn.functional as F
 
 from linglo.bench import environment, fit_exponent, loglog_axes, peak_bytes, synchronize
 from linglo.cpu_allocator import reuse_freed_memory
-from linglo.ops import key_only as key_only_module
-from linglo.ops import key_only_attention, key_only_attention_axial
+from linglo.ops import key_only_attention
 
 
 def linear_core(q, k, v, eps: float = 1e-15):
@@ -63,28 +62,25 @@ def make_inputs(side: int, channels: int, heads: int, window: int, device: torch
 
 
 def mixers(device: torch.device) -> dict:
-    """name -> fn(inputs)."""
+    """name -> fn(inputs). On CUDA the key-only entries run the fused Triton kernels (opt-in in the library,
+    measured here on purpose) and key_only_torch_ops the same op on plain torch ops, to show what the kernels buy."""
+    fused = device.type == "cuda"
     out = {
-        "key_only": lambda x: key_only_attention(x["v5"], x["s"], x["rel_bias"], x["r_inf"]),
-        "key_only_axial": lambda x: key_only_attention_axial(x["v5"], x["s"], x["by"], x["bx"], x["r_inf"]),
-        "key_only_channels_last": lambda x: key_only_attention(x["v5_cl"], x["s_cl"], x["rel_bias"], x["r_inf"]),
+        "key_only": lambda x: key_only_attention(x["v5"], x["s"], x["rel_bias"], x["r_inf"], fused=fused),
+        "key_only_axial": lambda x: key_only_attention(x["v5"], x["s"], r_inf=x["r_inf"], axial_bias=(x["by"], x["bx"]),
+                                                       fused=fused),
+        "key_only_channels_last": lambda x: key_only_attention(x["v5_cl"], x["s_cl"], x["rel_bias"], x["r_inf"],
+                                                               fused=fused),
         "linear": lambda x: linear_core(x["q"], x["k"], x["v"]),
         "sdpa": lambda x: F.scaled_dot_product_attention(x["qt"], x["kt"], x["vt"]),
     }
-    if device.type == "cuda":   # the same op on plain torch ops, to show what the fused kernel buys
-        def torch_ops(x):
-            key_only_module.FUSED_CUDA = False
-            try:
-                return key_only_attention(x["v5"], x["s"], x["rel_bias"], x["r_inf"])
-            finally:
-                key_only_module.FUSED_CUDA = True
-        out["key_only_torch_ops"] = torch_ops
+    if fused:
+        out["key_only_torch_ops"] = lambda x: key_only_attention(x["v5"], x["s"], x["rel_bias"], x["r_inf"])
     return out
 
 
 def run(args) -> list[dict]:
     device = torch.device(args.device)
-    key_only_module.FUSED_CUDA = device.type == "cuda"   # opt-in in the library; measured here on purpose
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     if args.allocator == "reuse":

@@ -49,10 +49,8 @@ def default_check_sizes(size: int) -> list[tuple[int, int]]:
 
 
 def _require(module: str, why: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise LingloError(f"{module} is not installed ({why}): pip install {module}") from None
+    from linglo.extras import require
+    return require(module, why)
 
 
 def build_model(cfg: ExportConfig) -> tuple[torch.nn.Module, str]:

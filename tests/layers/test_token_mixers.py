@@ -90,3 +90,33 @@ def test_value_and_saliency_convs_follow_their_definition():
     attended = key_only_attention_reference(v_map.reshape(2, 2, 16, 5, 6), s, mixer.rel_bias, mixer.r_inf)
     expected = mixer.proj_out(torch.sigmoid(q) * (attended.reshape(2, 32, 5, 6) + mixer.value_conv(v_map)))
     torch.testing.assert_close(mixer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(set(TOKEN_MIXERS) - {"key_only"}))
+@pytest.mark.parametrize("option", [dict(window=3), dict(query_gate=True), dict(gate="sigmoid"), dict(value_conv=0)])
+def test_key_only_option_with_another_mixer_is_an_error(name, option):
+    with pytest.raises(ValueError, match=f"token_mixer='{name}' takes no {next(iter(option))}="):
+        create_token_mixer(name, 32, head_dim=16, **option)
+
+
+def test_key_only_options_left_at_none_take_the_mixers_defaults():
+    mixer = create_token_mixer("key_only", 32, head_dim=16, window=None, axial=None, gate=None)
+    default = KeyOnlyAttention(32, head_dim=16)
+    assert (mixer.window, mixer.axial, mixer.gate, mixer.query_gate) == (default.window, default.axial,
+                                                                        default.gate, default.query_gate)
+    assert mixer.rel_bias.shape == default.rel_bias.shape and mixer.r_inf is not None
+
+
+def test_fused_switch_is_read_when_the_module_is_built(monkeypatch):
+    """timm's fused_attn pattern: LINGLO_FUSED decides at construction, an argument overrides it, and the attribute
+    may be changed afterwards; off CUDA the switch falls back to the torch ops (same output)."""
+    monkeypatch.setenv("LINGLO_FUSED", "1")
+    on = KeyOnlyAttention(32, head_dim=16)
+    assert on.fused_attn and not KeyOnlyAttention(32, head_dim=16, fused_attn=False).fused_attn
+    monkeypatch.delenv("LINGLO_FUSED")
+    assert on.fused_attn and not KeyOnlyAttention(32, head_dim=16).fused_attn
+    x = torch.randn(1, 32, 9, 10)
+    with torch.no_grad():
+        fused = on(x)
+        on.fused_attn = False
+        torch.testing.assert_close(on(x), fused)

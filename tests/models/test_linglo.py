@@ -177,6 +177,9 @@ def test_compile_matches_eager_without_graph_breaks():
     (dict(token_mixer="conv"), "token_mixer must be one of"),
     (dict(window=4), "window must be 0 .* or odd"),
     (dict(widths=(16, 32)), "need 4 stages"),
+    (dict(token_mixer="softmax", window=3), "token_mixer='softmax' takes no window=3"),
+    (dict(token_mixer="linear", query_gate=True), "token_mixer='linear' takes no query_gate=True"),
+    (dict(ls_init=0.1, ls_init_value=0.1), "not both"),
 ])
 def test_bad_options_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -210,3 +213,47 @@ def test_same_seed_gives_shared_modules_the_same_init():
     assert not any(torch.equal(sa[k], sc[k]) for k in shared)
     w = sa["stages.0.blocks.0.mlp.fc1.weight"]
     assert w.std().item() == pytest.approx(0.02, rel=0.15)                 # trunc_normal(std 0.02), as timm's
+
+
+def test_parameters_reach_the_blocks_by_name():
+    """Explicit arguments from the model to the block and the mixer: window, mlp_ratio, conv_kernel, ls_init_value
+    (and its older name ls_init) end up in the modules they name; other mixers build with the key-only defaults
+    left at None."""
+    from linglo.layers import KeyOnlyAttention, SoftmaxAttention
+    model = timm.create_model("linglo_t", window=3, conv_kernel=5, mlp_ratio=2.0, ls_init=0.5, query_gate=True,
+                              saliency_conv=3, value_conv=5, **TINY)
+    mixers = [m for m in model.modules() if isinstance(m, KeyOnlyAttention)]
+    assert mixers and all(m.rel_bias.shape[-1] == 3 and m.query_gate for m in mixers)
+    assert all(m.saliency_conv.kernel_size == (3, 3) and m.value_conv.kernel_size == (5, 5) for m in mixers)
+    block = model.stages[1].blocks[0]
+    assert block.conv_dw.kernel_size == (5, 5) and block.mlp.fc1.out_channels == 2 * 32
+    assert torch.all(block.ls.gamma == 0.5)
+    same = timm.create_model("linglo_t", window=3, conv_kernel=5, mlp_ratio=2.0, ls_init_value=0.5, query_gate=True,
+                             saliency_conv=3, value_conv=5, **TINY)
+    assert {k: v.shape for k, v in same.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    softmax = timm.create_model("linglo_t", token_mixer="softmax", **TINY)
+    assert any(isinstance(m, SoftmaxAttention) for m in softmax.modules())
+
+
+@pytest.mark.parametrize("norm_layer,expected", [
+    ("frozenbatchnorm2d", "FrozenBatchNorm2d"), (torch.nn.SyncBatchNorm, "SyncBatchNorm"),
+    ("groupnorm1", "GroupNorm1")])
+def test_norm_layer_reaches_every_backbone_norm(norm_layer, expected):
+    """As timm models take it, so detection can ask for frozen BN, SyncBN or GroupNorm; the head keeps LayerNorm2d."""
+    model = timm.create_model("linglo_t", norm_layer=norm_layer, **TINY).eval()
+    norms = [type(m).__name__ for n, m in model.named_modules() if n.rsplit(".", 1)[-1].startswith("norm")
+             and not n.startswith("head")]
+    assert norms and set(norms) == {expected}
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and type(m) is torch.nn.BatchNorm2d for m in model.modules())
+    if expected != "SyncBatchNorm":   # (SyncBatchNorm runs only in a process group)
+        assert torch.isfinite(model(torch.randn(1, 3, 64, 64))).all()
+
+
+def test_act_layer_device_and_dtype_reach_every_layer():
+    model = timm.create_model("linglo_t", act_layer="relu", dtype=torch.float64, **TINY)
+    assert not any(isinstance(m, torch.nn.GELU) for m in model.modules())
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 1 + 8   # the stem and every MLP
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    assert model(torch.randn(1, 3, 64, 64, dtype=torch.float64)).dtype == torch.float64
+    meta = timm.create_model("linglo_t", device="meta", **TINY)
+    assert {p.device.type for p in meta.parameters()} == {"meta"}

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from linglo.ops import (key_only_attention, key_only_attention_axial, key_only_attention_general,
-                        key_only_attention_reference)
+from linglo.ops import key_only_attention, key_only_attention_reference
 
 pytestmark = pytest.mark.usefixtures("both_paths")   # window convolutions and dense matrix
 
@@ -45,7 +44,7 @@ def test_queries_with_no_real_key_give_zeros_and_finite_gradients(global_term):
     mask[0, :, 5:] = False      # without the global term, queries in the last column see no real key
     mask[1] = False
     r = ri if global_term else None
-    out = key_only_attention_general(v, s, r, rel_bias=rb, mask=mask)
+    out = key_only_attention(v, s, rb, r, mask)
     assert torch.isfinite(out).all() and out[1].abs().max() == 0
     if global_term:
         torch.testing.assert_close(out, key_only_attention_reference(v, s, rb, ri, mask))
@@ -142,7 +141,7 @@ def test_axial_window_equals_square_window_with_sum_bias():
     by, bx = torch.randn(2, 5, generator=g, dtype=torch.float64), torch.randn(2, 5, generator=g, dtype=torch.float64)
     for hh, ww in [(9, 11), (2, 3)]:   # the second is smaller than the window
         vv, ss = v[..., :hh, :ww], s[..., :hh, :ww]
-        out = key_only_attention_axial(vv, ss, by, bx, ri)
+        out = key_only_attention(vv, ss, r_inf=ri, axial_bias=(by, bx))
         ref = key_only_attention_reference(vv, ss, by[:, :, None] + bx[:, None, :], ri)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
@@ -150,17 +149,17 @@ def test_axial_window_equals_square_window_with_sum_bias():
 def test_global_only_and_window_only_variants():
     v, s, rb, ri = _inputs(1, 2, 3, 6, 7, 3)
     # global only == a window whose bias equals r_inf (r uniform)
-    glob = key_only_attention_general(v, s, ri)
+    glob = key_only_attention(v, s, r_inf=ri)
     torch.testing.assert_close(glob, key_only_attention_reference(v, s, ri[:, None, None].expand(2, 3, 3), ri))
     # window only == r_inf -> -inf
-    local = key_only_attention_general(v, s, None, rel_bias=rb)
+    local = key_only_attention(v, s, rb)
     far = torch.full_like(ri, -1e4)
     torch.testing.assert_close(local, key_only_attention_reference(v, s, rb, far))
 
 
 def test_sigmoid_gate_definition():
     v, s, rb, ri = _inputs(1, 2, 3, 5, 4, 3)
-    out = key_only_attention_general(v, s, ri, rel_bias=rb, gate="sigmoid")
+    out = key_only_attention(v, s, rb, ri, gate="sigmoid")
     # σ(s_j)·e^{r(j−i)} / Σ_j e^{r(j−i)}: the reference's positional softmax (s = 0) applied to σ(s)·v
     ref = key_only_attention_reference(torch.sigmoid(s)[:, :, None] * v, torch.zeros_like(s), rb, ri)
     torch.testing.assert_close(out, ref)
@@ -174,9 +173,18 @@ def test_sigmoid_gate_definition():
     (lambda v, s, rb, ri: key_only_attention(v, s, rb, ri[:1]), "r_inf must be (heads,)"),
     (lambda v, s, rb, ri: key_only_attention(v, s, rb, ri, torch.ones(2, 3, 3, dtype=torch.bool)), "mask must be (B, H, W)"),
     (lambda v, s, rb, ri: key_only_attention(v, s, rb, ri, torch.ones(2, 5, 6)), "bool"),
+    (lambda v, s, rb, ri: key_only_attention(v, s, rb, ri, gate="relu"), "gate must be one of"),
+    (lambda v, s, rb, ri: key_only_attention(v, s, r_inf=ri, axial_bias=(rb[:, 0], rb[:, 0, :2])),
+     "bias_x must be (heads, k)"),
 ])
 def test_bad_arguments_raise_value_error(call, message):
     v, s, rb, ri = _inputs(2, 2, 3, 5, 6, 3)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         call(v, s, rb, ri)
     assert "got" in str(err.value)
+
+
+def test_square_and_axial_window_together_raise():
+    v, s, rb, ri = _inputs(1, 2, 3, 5, 6, 3)
+    with pytest.raises(ValueError, match="not both"):
+        key_only_attention(v, s, rb, ri, axial_bias=(rb[:, 0], rb[:, 0]))

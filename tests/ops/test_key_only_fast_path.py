@@ -3,7 +3,7 @@ all equal the O(N²) reference, and channels_last activations come out channels_
 import pytest
 import torch
 
-from linglo.ops import key_only_attention, key_only_attention_axial, key_only_attention_reference
+from linglo.ops import key_only_attention, key_only_attention_reference
 
 pytestmark = pytest.mark.usefixtures("both_paths")   # window convolutions and dense matrix
 
@@ -43,7 +43,7 @@ def test_axial_window_both_paths_channels_last_and_batched(b, hh, ww, k):
     g = torch.Generator().manual_seed(3)
     by, bx = torch.randn(2, k, generator=g, dtype=torch.float64), torch.randn(2, k, generator=g, dtype=torch.float64)
     for vv, ss in ((v, s), (v.contiguous(), s.contiguous())):
-        out = key_only_attention_axial(vv, ss, by, bx, ri)
+        out = key_only_attention(vv, ss, r_inf=ri, axial_bias=(by, bx))
         ref = key_only_attention_reference(vv, ss, by[:, :, None] + bx[:, None, :], ri)
         torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 

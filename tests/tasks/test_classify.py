@@ -149,6 +149,37 @@ def test_unreadable_images_are_skipped_and_counted(tiny_folder):
     assert task.describe()["skipped_images"] == 2
 
 
+def _eval_steps(task: ClassifyTask):
+    """(Resize size, Normalize mean) of the task's PIL eval transform."""
+    tf = task.transform(train=False).transforms
+    resize = next(t for t in tf if type(t).__name__ == "Resize")
+    return resize.size, tuple(round(float(m), 4) for m in next(t for t in tf if hasattr(t, "mean")).mean)
+
+
+@pytest.mark.parametrize("model", ["linglo_t", "test_resnet"])
+def test_data_config_is_the_models_pretrained_cfg(model, tiny_folder):
+    """mean, std, crop_pct, interpolation: the model's pretrained_cfg reaches the PIL transforms and the decoded
+    cache (val decoded at img_size / crop_pct, batches normalised with the cfg's mean/std)."""
+    import timm
+    cfg = timm.models.get_pretrained_cfg(model)
+    task = make_task(model=model, data=str(tiny_folder), data_cache="memory", aa="none")
+    assert {k: task.data_config[k] for k in ("mean", "std", "crop_pct", "interpolation")} == \
+        {"mean": cfg.mean, "std": cfg.std, "crop_pct": cfg.crop_pct, "interpolation": cfg.interpolation}
+    assert _eval_steps(task) == (math.floor(32 / cfg.crop_pct), tuple(round(m, 4) for m in cfg.mean))
+    task.build_dataset("train")
+    torch.testing.assert_close(task.augment.mean.flatten() / 255, torch.tensor(cfg.mean))
+    torch.testing.assert_close(task.augment.std.flatten() / 255, torch.tensor(cfg.std))
+
+
+def test_data_config_flags_override_only_what_they_name():
+    task = make_task(crop_pct=0.5, mean=[0.1, 0.2, 0.3])
+    assert task.data_config["crop_pct"] == 0.5 and task.data_config["mean"] == (0.1, 0.2, 0.3)
+    assert task.data_config["std"] == (0.229, 0.224, 0.225) and task.data_config["interpolation"] == "bicubic"
+    assert _eval_steps(task) == (64, (0.1, 0.2, 0.3))
+    with pytest.raises(LingloError, match="--std takes 3 values"):
+        make_task(std=[0.5])
+
+
 def test_mixup_needs_an_even_batch():
     with pytest.raises(LingloError, match="even"):
         make_task(batch_size=5)

@@ -3,6 +3,7 @@ that overfits real images, and the train / eval / predict commands."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -131,10 +132,105 @@ def test_pyramid_loads_backbone_weights_and_refuses_another_models(tmp_path):
     torch.save({"model": classifier.state_dict(), "config": {}}, tmp_path / "best.pt")
     p = Pyramid("test_convnext", pretrained_path=str(tmp_path / "best.pt"))
     torch.testing.assert_close(p.body.stem_0.weight, classifier.stem[0].weight)
-    with pytest.raises(LingloError, match=r"best\.pt' do not fit model 'test_resnet': 0 of \d+ tensors match"):
+    with pytest.raises(LingloError, match=r"best\.pt' do not fit model 'test_resnet': \d+ backbone tensors missing"):
         Pyramid("test_resnet", pretrained_path=str(tmp_path / "best.pt"))
     with pytest.raises(LingloError, match="cannot read backbone weights"):
         Pyramid("test_convnext", pretrained_path=str(tmp_path / "missing.pt"))
+
+
+TINY_LINGLO = dict(widths=(16, 32, 32, 64), depths=(2, 2, 2, 2), head_dim=16, ls_init_value=1.0)
+OLD_CLASSIFIER = Path(__file__).resolve().parents[1] / "data" / "classify_f274e1b.pt"   # see tests/models
+OLD_KWARGS = ["widths=(8,16,16,32)", "depths=(2,2,2,2)", "head_dim=8", "window=3", "ls_init=0.5"]
+
+
+def test_padded_batch_gives_each_image_the_detections_it_gets_alone():
+    """Mask R-CNN on LinGlo, eval: two images of different sizes, padded by torchvision into one batch, get the
+    boxes, scores, labels and masks each gets alone; without the real-pixel mask reaching the backbone they do
+    not (so the check sees the padding)."""
+    torch.manual_seed(0)
+    det = build_detector("linglo_t", "maskrcnn", 3, min_size=96, max_size=256, fpn_channels=16, score_thresh=0.0,
+                         detections_per_img=30, model_kwargs=TINY_LINGLO).eval()
+    with torch.no_grad():   # O(1) activations and spread scores (the init's are tiny and nearly equal), biases too
+        for p in det.parameters():
+            p.normal_(0, 1 / math.sqrt(p[0].numel()) if p.dim() > 1 else 0.3)
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 80, 120, generator=g), torch.rand(3, 96, 200, generator=g)]   # resized 96x144, 96x200
+
+    def detect():
+        with torch.no_grad():
+            return [det([im])[0] for im in images], det(images)
+
+    alone, batch = detect()
+    assert all(len(one["scores"]) == 30 for one in alone)
+    assert all(_same_detections(one, both) for one, both in zip(alone, batch))
+    det.backbone.body.takes_mask = False
+    alone, batch = detect()
+    assert not _same_detections(alone[0], batch[0])
+
+
+def _same_detections(a: dict, b: dict, tol: float = 1e-4) -> bool:
+    """The same detections (label, box, score, mask within tol), in any order among near-equal scores."""
+    if len(a["scores"]) != len(b["scores"]):
+        return False
+    unused = list(range(len(b["scores"])))
+    for i in range(len(a["scores"])):
+        match = next((j for j in unused if a["labels"][i] == b["labels"][j]
+                      and torch.allclose(a["boxes"][i], b["boxes"][j], rtol=tol, atol=tol)
+                      and torch.allclose(a["scores"][i], b["scores"][j], rtol=tol, atol=tol)
+                      and torch.allclose(a["masks"][i], b["masks"][j], rtol=tol, atol=tol)), None)
+        if match is None:
+            return False
+        unused.remove(match)
+    return True
+
+
+def test_pyramid_freezes_batch_norm_and_stages_as_torchvision():
+    """Frozen BN by default exactly when weights are loaded; trainable_stages=N trains the last N feature stages
+    only (the stem and earlier stages frozen, their BatchNorms too); for LinGlo and a peer alike."""
+    def frozen_norms(p):
+        return {type(m).__name__ for n, m in p.named_modules() if type(m).__name__.endswith("BatchNorm2d")}
+
+    assert frozen_norms(Pyramid("linglo_t", model_kwargs=TINY_LINGLO)) == {"BatchNorm2d"}
+    kwargs = dict(widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8, window=3, ls_init=0.5)
+    assert frozen_norms(Pyramid("linglo_t", pretrained_path=str(OLD_CLASSIFIER), model_kwargs=kwargs)) == \
+        {"FrozenBatchNorm2d"}
+    assert frozen_norms(Pyramid("linglo_t", pretrained_path=str(OLD_CLASSIFIER), model_kwargs=kwargs,
+                                frozen_bn=False)) == {"BatchNorm2d"}
+    p = Pyramid("linglo_t", model_kwargs=TINY_LINGLO, trainable_stages=2)
+    grads = {n.split(".")[2] + ("." + n.split(".")[3] if n.split(".")[2] == "stages" else ""): q.requires_grad
+             for n, q in p.named_parameters()}
+    assert grads == {"stem": False, "stages.0": False, "stages.1": False, "stages.2": True, "stages.3": True,
+                     "head": True}
+    assert type(p.body.model.stages[1].blocks[0].norm).__name__ == "FrozenBatchNorm2d"
+    assert type(p.body.model.stages[2].blocks[0].norm) is torch.nn.BatchNorm2d
+    resnet = Pyramid("test_resnet", trainable_stages=3)   # feature stages: act1 (stride 2), layer1..4
+    frozen = {n.split(".")[0] for n, q in resnet.body.named_parameters() if not q.requires_grad}
+    assert frozen == {"conv1", "layer1"} and type(resnet.body.bn1).__name__ == "FrozenBatchNorm2d"   # (no parameters)
+    assert all(q.requires_grad for q in resnet.body.layer2.parameters())
+    assert not any(q.requires_grad for q in Pyramid("test_resnet", trainable_stages=0).parameters())
+    with pytest.raises(LingloError, match="--trainable-stages must be 0..4 for 'linglo_t'"):
+        Pyramid("linglo_t", model_kwargs=TINY_LINGLO, trainable_stages=5)
+
+
+def test_backbone_weights_train_with_torchvision_conventions(tmp_path):
+    """`linglo train detect --backbone-weights` (an old classify checkpoint) --trainable-stages 2: the stem and
+    stages 0-1 end the run as loaded, BatchNorm frozen throughout (no batch statistics kept), stages 2-3 trained."""
+    images, ann = coco_subset(tmp_path / "data", 2)
+    run = tmp_path / "run"
+    assert main(["train", "detect", "--model", "linglo_t", "--model-kwargs", *OLD_KWARGS, "--arch", "retinanet",
+                 "--backbone-weights", str(OLD_CLASSIFIER), "--trainable-stages", "2", "--fpn-channels", "16",
+                 "--train-images", str(images), "--train-ann", str(ann), "--val-images", str(images),
+                 "--val-ann", str(ann), "--epochs", "1", "-b", "2", "--img-size", "96", "--max-size", "128",
+                 "--lr", "1e-3", "--warmup-epochs", "0", "--workers", "0", "-o", str(run)]) == 0
+    state = torch.load(run / "last.pt", weights_only=True)["model"]
+    loaded = torch.load(OLD_CLASSIFIER, weights_only=True)["model"]
+    prefix = "backbone.body.body.model."
+    backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    assert backbone and not any(k.endswith("num_batches_tracked") for k in backbone)
+    for key, value in backbone.items():
+        if key.startswith(("stem.", "stages.0.", "stages.1.")) or "running_" in key:
+            assert torch.equal(value, loaded[key]), key
+    assert not torch.equal(backbone["stages.3.blocks.0.conv_dw.weight"], loaded["stages.3.blocks.0.conv_dw.weight"])
 
 
 # ---- training ------------------------------------------------------------------------------------

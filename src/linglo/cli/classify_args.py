@@ -31,8 +31,13 @@ def add_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any]) -> 
                             "jitter, erasing, mixup; not RandAugment); off: PIL transforms per image in loader "
                             f"workers; auto: memory when --aa is none and the data fits (default: {d['data_cache']})")
     g.add_argument("--interpolation", choices=("bicubic", "bilinear", "nearest"), default=S,
-                   help=f"(default: {d['interpolation']})")
-    g.add_argument("--crop-pct", type=float, default=S, help=f"eval center-crop fraction (default: {d['crop_pct']})")
+                   help="resize interpolation (default: the model's pretrained_cfg; LinGlo: bicubic)")
+    g.add_argument("--crop-pct", type=float, default=S,
+                   help="eval center-crop fraction (default: the model's pretrained_cfg; LinGlo: 0.9)")
+    g.add_argument("--mean", type=float, nargs=3, default=S, metavar=("R", "G", "B"),
+                   help="normalisation mean (default: the model's pretrained_cfg; LinGlo: ImageNet's)")
+    g.add_argument("--std", type=float, nargs=3, default=S, metavar=("R", "G", "B"),
+                   help="normalisation std (default: the model's pretrained_cfg; LinGlo: ImageNet's)")
     if command == "predict":
         g.add_argument("--topk", type=int, default=S, help=f"labels shown per image (default: {d['topk']})")
 

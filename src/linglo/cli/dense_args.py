@@ -37,6 +37,15 @@ def _common(g, command: str, d: Mapping[str, Any]) -> None:
         g.add_argument("--backbone-weights", default=S, metavar="FILE",
                        help="initialise the backbone from a local checkpoint of the same model, e.g. a "
                             "`linglo train classify` best.pt (its classifier is dropped)")
+        auto = d["frozen_bn"] is None   # detect: torchvision's conventions follow --backbone-weights
+        g.add_argument("--frozen-bn", action=argparse.BooleanOptionalAction, default=S,
+                       help="backbone BatchNorms frozen (FrozenBatchNorm2d: statistics and affine fixed) (default: "
+                            + ("on with --backbone-weights, else off, as torchvision)" if auto
+                               else f"{'on' if d['frozen_bn'] else 'off'})"))
+        g.add_argument("--trainable-stages", type=int, default=S, metavar="N",
+                       help="train only the last N feature stages of the backbone (timm's feature_info: 4 for "
+                            "LinGlo); the stem and earlier stages are frozen, their BatchNorms too (default: all"
+                            + (", 3 with --backbone-weights as torchvision's trainable_layers)" if auto else ")"))
 
 
 def add_detect_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any]) -> None:

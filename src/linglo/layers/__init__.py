@@ -1,8 +1,7 @@
-"""Layers: LinGlo's blocks and the token mixers (key-only attention and the comparison mixers)."""
-from .blocks import AttentionBlock, ConvBlock, ConvMlp, Downsample, Stem, apply_mask
+"""Layers: the token mixers (key-only attention and the comparison mixers) and the banded pointwise MLP."""
+from .mlp import BandedConvMlp
 from .token_mixers import (TOKEN_MIXERS, IdentityMixer, KeyOnlyAttention, LinearAttention, SeparableAttention,
-                           SoftmaxAttention, create_token_mixer)
+                           SoftmaxAttention, apply_mask, create_token_mixer)
 
-__all__ = ["AttentionBlock", "ConvBlock", "ConvMlp", "Downsample", "Stem", "apply_mask", "TOKEN_MIXERS",
-           "IdentityMixer", "KeyOnlyAttention", "LinearAttention", "SeparableAttention", "SoftmaxAttention",
-           "create_token_mixer"]
+__all__ = ["BandedConvMlp", "TOKEN_MIXERS", "IdentityMixer", "KeyOnlyAttention", "LinearAttention",
+           "SeparableAttention", "SoftmaxAttention", "apply_mask", "create_token_mixer"]

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import key_only_attention_general
+from ..ops import key_only_attention, use_fused_kernels
 
 __all__ = ["KeyOnlyAttention", "SoftmaxAttention", "LinearAttention", "SeparableAttention", "IdentityMixer",
-           "TOKEN_MIXERS", "create_token_mixer"]
+           "TOKEN_MIXERS", "create_token_mixer", "apply_mask"]
 
 
 def _heads(dim: int, head_dim: int) -> int:
@@ -23,24 +23,41 @@ def _heads(dim: int, head_dim: int) -> int:
     return max(dim // head_dim, 1)
 
 
+def apply_mask(x: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, C, H, W) with the padded tokens (False in the (B, H, W) mask) set to zero, so that a convolution sees them
+    as the zero padding of the unpadded image; None = every token is real."""
+    return x if mask is None else x * mask[:, None].to(x.dtype)
+
+
 class KeyOnlyAttention(nn.Module):
     """Attention whose weights come from the keys alone: a saliency gate s = W_s x scores every token,
-    a relative-position bias adds locality, and the op mixes values at cost linear in H·W.
+    a relative-position bias adds locality, and the op (ops.key_only_attention) mixes values at cost linear in H·W.
 
     The saliency s_j = <g_h, W_k x_j>/√d is linear in x, so it is stored collapsed as one (h × C) 1×1 conv
     (the same function, C/h times cheaper than materialising the keys).
-
-    window: k of the k×k relative-bias window (odd; 0 = global only). axial: separable window
-    e^{b_y+b_x} (cost 2k, not k²). global_term: keep the e^{r_inf} term for keys outside the window.
-    query_gate: y_i = W_o(σ(W_q x_i) ⊙ Σ_j a_ij v_j) (elementwise: no query-key product). gate: "softmax"
-    normaliser or "sigmoid" weights. saliency_conv: k of a depthwise conv over the saliency logits before the
-    gate (saliency from a token's neighbourhood, not the token alone; 0 = off). value_conv: k of a depthwise
-    conv over the values added to the attended output (a local value path, as CSWin's LePE; 0 = off).
     """
 
     def __init__(self, dim: int, head_dim: int = 32, window: int = 7, axial: bool = False, global_term: bool = True,
                  query_gate: bool = False, gate: str = "softmax", saliency_conv: int = 0, value_conv: int = 0,
-                 r_inf_init: float = -3.0):
+                 r_inf_init: float = -3.0, fused_attn: bool | None = None, device=None, dtype=None):
+        """
+        Args:
+            dim: channels in and out.
+            head_dim: channels per head (heads = dim // head_dim).
+            window: k of the k×k relative-bias window (odd; 0 = global only).
+            axial: separable window e^{b_y+b_x} (cost 2k, not k²).
+            global_term: keep the e^{r_inf} term for keys outside the window.
+            query_gate: y_i = W_o(σ(W_q x_i) ⊙ Σ_j a_ij v_j) (elementwise: no query-key product).
+            gate: "softmax" normaliser or "sigmoid" weights (see the op).
+            saliency_conv: k of a depthwise conv over the saliency logits before the gate (saliency from a
+                token's neighbourhood, not the token alone; 0 = off).
+            value_conv: k of a depthwise conv over the values added to the attended output (a local value path,
+                as CSWin's LePE; 0 = off).
+            r_inf_init: initial r_inf (the bias of keys outside the window).
+            fused_attn: run the fused Triton kernels on CUDA; None = ops.use_fused_kernels() (LINGLO_FUSED=1),
+                read now. An attribute: set `module.fused_attn` to switch later.
+        """
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         if window < 0 or (window and window % 2 == 0):
             raise ValueError(f"KeyOnlyAttention: window must be 0 (global only) or odd, got {window}")
@@ -55,19 +72,23 @@ class KeyOnlyAttention(nn.Module):
         self.head_dim = dim // self.heads
         self.window, self.axial, self.gate = window, axial, gate
         self.query_gate = query_gate
+        self.fused_attn = use_fused_kernels() if fused_attn is None else fused_attn
         # one 1×1 conv: values (C), saliency (h) and optionally the query gate (C)
-        self.proj_in = nn.Conv2d(dim, dim * (2 if query_gate else 1) + self.heads, 1)
+        self.proj_in = nn.Conv2d(dim, dim * (2 if query_gate else 1) + self.heads, 1, **dd)
         self.saliency_conv = (nn.Conv2d(self.heads, self.heads, saliency_conv, padding=saliency_conv // 2,
-                                        groups=self.heads) if saliency_conv else None)
-        self.value_conv = nn.Conv2d(dim, dim, value_conv, padding=value_conv // 2, groups=dim) if value_conv else None
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+                                        groups=self.heads, **dd) if saliency_conv else None)
+        self.value_conv = (nn.Conv2d(dim, dim, value_conv, padding=value_conv // 2, groups=dim, **dd)
+                           if value_conv else None)
+        self.proj_out = nn.Conv2d(dim, dim, 1, **dd)
+        self.rel_bias = self.bias_y = self.bias_x = None
         if window and axial:
-            self.bias_y = nn.Parameter(torch.zeros(self.heads, window))
-            self.bias_x = nn.Parameter(torch.zeros(self.heads, window))
+            self.bias_y = nn.Parameter(torch.zeros(self.heads, window, **dd))
+            self.bias_x = nn.Parameter(torch.zeros(self.heads, window, **dd))
         elif window:
-            self.rel_bias = nn.Parameter(torch.zeros(self.heads, window, window))
+            self.rel_bias = nn.Parameter(torch.zeros(self.heads, window, window, **dd))
         # with no window every key has the same r: r_inf would be a constant shift, so it only exists beside a window
-        self.r_inf = nn.Parameter(torch.full((self.heads,), r_inf_init)) if global_term and window else None
+        self.r_inf = (nn.Parameter(torch.full((self.heads,), r_inf_init, **dd)) if global_term and window
+                      else None)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         c = x.shape[1]
@@ -75,17 +96,14 @@ class KeyOnlyAttention(nn.Module):
         v_map = y[:, :c]                                                   # (B, C, H, W)
         s = y[:, c:c + self.heads]                                         # (B, h, H, W)
         if self.saliency_conv is not None:   # padded tokens act as zero padding, as in the unpadded image
-            s = self.saliency_conv(s if mask is None else s * mask[:, None].to(s.dtype))
-        v = v_map.unflatten(1, (self.heads, self.head_dim))               # (B, h, d, H, W)
-        window = {}
-        if self.window and self.axial:
-            window["axial_bias"] = (self.bias_y, self.bias_x)
-        elif self.window:
-            window["rel_bias"] = self.rel_bias
-        out = key_only_attention_general(v, s / math.sqrt(self.head_dim), self.r_inf, gate=self.gate, mask=mask,
-                                         **window).flatten(1, 2)           # (B, C, H, W)
+            s = self.saliency_conv(apply_mask(s, mask))
+        v = v_map.unflatten(1, (self.heads, self.head_dim))            # (B, h, d, H, W)
+        axial_bias = None if self.bias_y is None else (self.bias_y, self.bias_x)
+        out = key_only_attention(v, s / math.sqrt(self.head_dim), self.rel_bias, self.r_inf, mask,
+                                 axial_bias=axial_bias, gate=self.gate, fused=self.fused_attn)   # (B, h, d, H, W)
+        out = out.flatten(1, 2)                                            # (B, C, H, W)
         if self.value_conv is not None:
-            out = out + self.value_conv(v_map if mask is None else v_map * mask[:, None].to(v_map.dtype))
+            out = out + self.value_conv(apply_mask(v_map, mask))
         if self.query_gate:
             out = out * torch.sigmoid(y[:, c + self.heads:])
         return self.proj_out(out)
@@ -94,11 +112,11 @@ class KeyOnlyAttention(nn.Module):
 class SoftmaxAttention(nn.Module):
     """Full softmax self-attention over all H·W tokens (SDPA): quadratic, the accuracy reference."""
 
-    def __init__(self, dim: int, head_dim: int = 32):
+    def __init__(self, dim: int, head_dim: int = 32, device=None, dtype=None):
         super().__init__()
         self.heads = _heads(dim, head_dim)
-        self.qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, device=device, dtype=dtype)
+        self.proj_out = nn.Conv2d(dim, dim, 1, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, c, hh, ww = x.shape
@@ -114,12 +132,12 @@ class SoftmaxAttention(nn.Module):
 class LinearAttention(nn.Module):
     """ReLU linear attention (EfficientViT LiteMLA style): q·(kᵀv) / q·(kᵀ1), O(N·d²) per head."""
 
-    def __init__(self, dim: int, head_dim: int = 32, eps: float = 1e-15):
+    def __init__(self, dim: int, head_dim: int = 32, eps: float = 1e-15, device=None, dtype=None):
         super().__init__()
         self.heads = _heads(dim, head_dim)
         self.eps = eps
-        self.qkv = nn.Conv2d(dim, dim * 3, 1)
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.qkv = nn.Conv2d(dim, dim * 3, 1, device=device, dtype=dtype)
+        self.proj_out = nn.Conv2d(dim, dim, 1, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, c, hh, ww = x.shape
@@ -139,10 +157,10 @@ class LinearAttention(nn.Module):
 class SeparableAttention(nn.Module):
     """MobileViTv2 separable self-attention: one softmax context score per token, a single context vector."""
 
-    def __init__(self, dim: int, head_dim: int = 32):
+    def __init__(self, dim: int, head_dim: int = 32, device=None, dtype=None):
         super().__init__()
-        self.qkv = nn.Conv2d(dim, 1 + dim * 2, 1)
-        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.qkv = nn.Conv2d(dim, 1 + dim * 2, 1, device=device, dtype=dtype)
+        self.proj_out = nn.Conv2d(dim, dim, 1, device=device, dtype=dtype)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         c = x.shape[1]
@@ -158,7 +176,7 @@ class SeparableAttention(nn.Module):
 class IdentityMixer(nn.Module):
     """No token mixing (the "none" ablation arm)."""
 
-    def __init__(self, dim: int, head_dim: int = 32):
+    def __init__(self, dim: int, head_dim: int = 32, device=None, dtype=None):
         super().__init__()
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -169,8 +187,25 @@ TOKEN_MIXERS = {"key_only": KeyOnlyAttention, "softmax": SoftmaxAttention, "line
                 "separable": SeparableAttention, "none": IdentityMixer}
 
 
-def create_token_mixer(name: str, dim: int, head_dim: int = 32, **kwargs) -> nn.Module:
-    """Build a mixer by name; `kwargs` (window, axial, ...) apply to key_only only."""
-    if name not in TOKEN_MIXERS:
-        raise ValueError(f"token_mixer must be one of {sorted(TOKEN_MIXERS)}, got {name!r}")
-    return TOKEN_MIXERS[name](dim, head_dim=head_dim, **(kwargs if name == "key_only" else {}))
+def create_token_mixer(token_mixer: str, dim: int, head_dim: int = 32, *, window: int | None = None,
+                       axial: bool | None = None, global_term: bool | None = None, query_gate: bool | None = None,
+                       gate: str | None = None, saliency_conv: int | None = None, value_conv: int | None = None,
+                       device=None, dtype=None) -> nn.Module:
+    """The mixer named `token_mixer` (a key of TOKEN_MIXERS) for `dim` channels.
+
+    window, axial, global_term, query_gate, gate, saliency_conv and value_conv are KeyOnlyAttention's options:
+    None leaves its default; a value given with another mixer is a ValueError (it would otherwise be dropped
+    silently, and an ablation arm would not be what its name says).
+    """
+    if token_mixer not in TOKEN_MIXERS:
+        raise ValueError(f"token_mixer must be one of {sorted(TOKEN_MIXERS)}, got {token_mixer!r}")
+    options = dict(window=window, axial=axial, global_term=global_term, query_gate=query_gate, gate=gate,
+                   saliency_conv=saliency_conv, value_conv=value_conv)
+    given = {k: v for k, v in options.items() if v is not None}
+    if token_mixer == "key_only":
+        return KeyOnlyAttention(dim, head_dim, **given, device=device, dtype=dtype)
+    if given:
+        shown = ", ".join(f"{k}={v!r}" for k, v in given.items())
+        raise ValueError(f"token_mixer={token_mixer!r} takes no {shown}: key-only attention options, given with "
+                         "another mixer")
+    return TOKEN_MIXERS[token_mixer](dim, head_dim, device=device, dtype=dtype)

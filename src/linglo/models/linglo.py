@@ -1,29 +1,171 @@
-"""The LinGlo family: a 4-stage hybrid backbone where every stage alternates convolution blocks (local) and
-key-only attention blocks (local-global, linear cost), registered with timm.
+"""The LinGlo family, whole in one file: stem, blocks, stages and model, then the variants registered with timm.
+
+A 4-stage hybrid backbone: every stage alternates convolution blocks (local mixing) and attention blocks whose
+token mixer is key-only attention (local-global mixing at linear cost; layers.KeyOnlyAttention, which calls
+ops.key_only_attention). Read top to bottom: Stem -> Downsample -> ConvBlock -> AttentionBlock -> LinGloStage ->
+LinGlo -> the variant table (FAMILY) and the timm registration.
 
 Any input size works without padding: stride-2 convs round up, so stage i has ceil(H / 2^(i+2)) rows, the
 same grid a "pad to a multiple of 32, then crop back" scheme gives, minus the wasted work. For batches of
 differently sized images padded to a common size (detection), pass `mask` (B, H, W) of real pixels to
-forward_features: padded tokens then stay zero and take no attention weight.
+forward_features / forward_intermediates: padded tokens then stay zero and take no attention weight, so each
+image gets exactly the features it gets alone.
 """
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import LayerNorm2d, NormMlpClassifierHead
-from timm.models._features import feature_take_indices
+from timm.layers import DropPath, LayerNorm2d, LayerScale2d, NormMlpClassifierHead, get_act_layer, get_norm_layer
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ..layers import AttentionBlock, ConvBlock, Downsample, Stem, TOKEN_MIXERS, apply_mask
+from ..layers import TOKEN_MIXERS, BandedConvMlp, apply_mask, create_token_mixer
 
-__all__ = ["LinGlo", "LAYOUTS", "block_kinds"]
+__all__ = ["LinGlo", "LinGloStage", "AttentionBlock", "ConvBlock", "Downsample", "Stem", "FAMILY", "LAYOUTS",
+           "block_kinds", "checkpoint_filter_fn"]
 
 LAYOUTS = ("alternate", "graft")
+POSITION_BIASES = ("rel_bias", "bias_y", "bias_x", "r_inf")   # positional parameters of the key-only mixer
+
+NormLayer = Callable[..., nn.Module]
+
+
+def _factory(device, dtype) -> dict[str, Any]:
+    """device/dtype for the layers built here, only those given (torchvision's FrozenBatchNorm2d takes neither)."""
+    return {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+
+
+def _downsample_mask(mask: Tensor | None, factor: int) -> Tensor | None:
+    """Real-token mask at a coarser stride: a token is real when its centre pixel is (3×3 s2 convs, pad 1)."""
+    return None if mask is None else mask[:, ::factor, ::factor]
+
+
+def _residual_branch(dim: int, ls_init_value: float | None, drop_path: float,
+                     dd: Mapping[str, Any]) -> tuple[nn.Module, nn.Module]:
+    """Layer scale (None or 0: none) and stochastic depth of one residual branch."""
+    return (LayerScale2d(dim, ls_init_value, **dd) if ls_init_value else nn.Identity(),
+            DropPath(drop_path) if drop_path > 0 else nn.Identity())
+
+
+class Stem(nn.Module):
+    """Stride-4 stem: two 3×3 stride-2 convs, each followed by a norm (any input size; ceil(H/4) × ceil(W/4))."""
+
+    def __init__(self, in_chs: int, out_chs: int, act_layer: Callable[[], nn.Module] = nn.GELU,
+                 norm_layer: NormLayer = nn.BatchNorm2d, device=None, dtype=None):
+        """
+        Args:
+            in_chs: image channels.
+            out_chs: channels of stage 1 (the first conv gives half).
+            act_layer: activation between the two convs.
+            norm_layer: norm after each conv.
+        """
+        dd = _factory(device, dtype)
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, out_chs // 2, 3, stride=2, padding=1, **dd)
+        self.norm1 = norm_layer(out_chs // 2, **dd)
+        self.act = act_layer()
+        self.conv2 = nn.Conv2d(out_chs // 2, out_chs, 3, stride=2, padding=1, **dd)
+        self.norm2 = norm_layer(out_chs, **dd)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """mask: (B, H, W) real pixels; padded pixels act as zero padding at every conv."""
+        half = _downsample_mask(mask, 2)
+        x = apply_mask(self.act(self.norm1(self.conv1(apply_mask(x, mask)))), half)   # (B, C/2, H/2, W/2)
+        return self.norm2(self.conv2(x))                                                # (B, C, H/4, W/4)
+
+
+class Downsample(nn.Module):
+    """Between stages: a 3×3 stride-2 conv (ceil(H/2) × ceil(W/2)), then a norm."""
+
+    def __init__(self, in_chs: int, out_chs: int, norm_layer: NormLayer = nn.BatchNorm2d, device=None, dtype=None):
+        dd = _factory(device, dtype)
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, **dd)
+        self.norm = norm_layer(out_chs, **dd)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.norm(self.conv(x))                                    # (B, C_out, ceil(H/2), ceil(W/2))
+
+
+class ConvBlock(nn.Module):
+    """ConvNeXt-style block (local mixing): depthwise k×k conv, norm, pointwise MLP, layer scale, residual."""
+
+    def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: float = 4.0, ls_init_value: float | None = 1e-6,
+                 drop_path: float = 0.0, act_layer: Callable[[], nn.Module] = nn.GELU,
+                 norm_layer: NormLayer = nn.BatchNorm2d, device=None, dtype=None):
+        """
+        Args:
+            dim: channels in and out.
+            kernel_size: the depthwise conv's k.
+            mlp_ratio: MLP hidden width / dim.
+            ls_init_value: layer-scale init; None or 0 = no layer scale.
+            drop_path: stochastic depth probability.
+            act_layer: the MLP's activation.
+            norm_layer: norm after the depthwise conv.
+        """
+        dd = _factory(device, dtype)
+        super().__init__()
+        self.conv_dw = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, **dd)
+        self.norm = norm_layer(dim, **dd)
+        self.mlp = BandedConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, **dd)
+        self.ls, self.drop_path = _residual_branch(dim, ls_init_value, drop_path, dd)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = x + self.drop_path(self.ls(self.mlp(self.norm(self.conv_dw(x)))))   # (B, C, H, W)
+        return apply_mask(x, mask)
+
+
+class AttentionBlock(nn.Module):
+    """Local-global mixing: conditional position encoding (3×3 depthwise conv, residual), then norm + token mixer
+    + residual, then norm + MLP + residual.
+
+    The token mixer is built here from explicit arguments: key-only attention by default, whose options (window,
+    axial, global_term, query_gate, gate, saliency_conv, value_conv; None = KeyOnlyAttention's default) reach
+    layers.KeyOnlyAttention unchanged; given with another mixer they are a ValueError (layers.create_token_mixer).
+    """
+
+    def __init__(self, dim: int, token_mixer: str = "key_only", head_dim: int = 32, window: int | None = None,
+                 axial: bool | None = None, global_term: bool | None = None, query_gate: bool | None = None,
+                 gate: str | None = None, saliency_conv: int | None = None, value_conv: int | None = None,
+                 mlp_ratio: float = 4.0, ls_init_value: float | None = 1e-6, drop_path: float = 0.0,
+                 act_layer: Callable[[], nn.Module] = nn.GELU, norm_layer: NormLayer = nn.BatchNorm2d,
+                 device=None, dtype=None):
+        """
+        Args:
+            dim: channels in and out.
+            token_mixer: a name of layers.TOKEN_MIXERS ("key_only", "softmax", "linear", "separable", "none").
+            head_dim: channels per attention head.
+            window, axial, global_term, query_gate, gate, saliency_conv, value_conv: key-only attention options
+                (layers.KeyOnlyAttention); None = its default.
+            mlp_ratio: MLP hidden width / dim.
+            ls_init_value: layer-scale init of both residual branches; None or 0 = no layer scale.
+            drop_path: stochastic depth probability.
+            act_layer: the MLP's activation.
+            norm_layer: norm before the mixer and before the MLP.
+        """
+        dd = _factory(device, dtype)
+        super().__init__()
+        self.cpe = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
+        self.norm1 = norm_layer(dim, **dd)
+        self.mixer = create_token_mixer(token_mixer, dim, head_dim, window=window, axial=axial,
+                                        global_term=global_term, query_gate=query_gate, gate=gate,
+                                        saliency_conv=saliency_conv, value_conv=value_conv, **dd)
+        self.ls1, self.drop_path1 = _residual_branch(dim, ls_init_value, drop_path, dd)
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = BandedConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, **dd)
+        self.ls2, self.drop_path2 = _residual_branch(dim, ls_init_value, drop_path, dd)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        x = apply_mask(x + self.cpe(x), mask)                                              # (B, C, H, W)
+        x = x + self.drop_path1(self.ls1(self.mixer(self.norm1(x), mask)))                 # token mixing
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(apply_mask(x, mask)))))       # channel mixing
+        return apply_mask(x, mask)
 
 
 def block_kinds(layout: str, stage: int, depth: int) -> list[str]:
@@ -37,22 +179,49 @@ def block_kinds(layout: str, stage: int, depth: int) -> list[str]:
 
 
 class LinGloStage(nn.Module):
-    """Downsample (stages 2–4) then a list of blocks; blocks take the real-token mask."""
+    """Downsample (stages 2–4), then ConvBlocks and AttentionBlocks as `block_types` says; blocks take the mask."""
 
-    def __init__(self, in_dim: int, dim: int, downsample: bool, kinds: list[str], drop_paths: list[float],
-                 **block_kwargs):
+    def __init__(self, in_chs: int, out_chs: int, block_types: Sequence[str], downsample: bool = True,
+                 drop_path_rates: Sequence[float] | None = None, kernel_size: int = 7, mlp_ratio: float = 4.0,
+                 ls_init_value: float | None = 1e-6, token_mixer: str = "key_only", head_dim: int = 32,
+                 window: int | None = None, axial: bool | None = None, global_term: bool | None = None,
+                 query_gate: bool | None = None, gate: str | None = None, saliency_conv: int | None = None,
+                 value_conv: int | None = None, act_layer: Callable[[], nn.Module] = nn.GELU,
+                 norm_layer: NormLayer = nn.BatchNorm2d, device=None, dtype=None):
+        """
+        Args:
+            in_chs: channels of the previous stage (or the stem).
+            out_chs: channels of this stage.
+            block_types: "conv" or "attn" per block (block_kinds).
+            downsample: halve the resolution first (a 3×3 stride-2 conv); else in_chs must equal out_chs.
+            drop_path_rates: stochastic depth per block (default 0).
+            kernel_size: the ConvBlocks' depthwise k.
+            mlp_ratio, ls_init_value, act_layer, norm_layer: as in ConvBlock / AttentionBlock.
+            token_mixer, head_dim, window, axial, global_term, query_gate, gate, saliency_conv, value_conv:
+                the AttentionBlocks' mixer (AttentionBlock).
+        """
+        dd = _factory(device, dtype)
         super().__init__()
-        self.downsample = Downsample(in_dim, dim) if downsample else nn.Identity()
-        conv_kw = {k: block_kwargs[k] for k in ("mlp_ratio", "ls_init")}
-        conv_kw["kernel_size"] = block_kwargs["conv_kernel"]
-        attn_kw = {k: block_kwargs[k] for k in ("mlp_ratio", "ls_init", "token_mixer", "head_dim", "mixer_kwargs")}
-        self.blocks = nn.ModuleList(
-            ConvBlock(dim, drop_path=dp, **conv_kw) if kind == "conv" else AttentionBlock(dim, drop_path=dp, **attn_kw)
-            for kind, dp in zip(kinds, drop_paths))
+        self.downsample = Downsample(in_chs, out_chs, norm_layer=norm_layer, **dd) if downsample else nn.Identity()
+        drop_path_rates = drop_path_rates or [0.0] * len(block_types)
+        blocks = []
+        for kind, dp in zip(block_types, drop_path_rates):
+            if kind == "conv":
+                blocks.append(ConvBlock(out_chs, kernel_size=kernel_size, mlp_ratio=mlp_ratio,
+                                        ls_init_value=ls_init_value, drop_path=dp, act_layer=act_layer,
+                                        norm_layer=norm_layer, **dd))
+            else:
+                blocks.append(AttentionBlock(out_chs, token_mixer=token_mixer, head_dim=head_dim, window=window,
+                                             axial=axial, global_term=global_term, query_gate=query_gate, gate=gate,
+                                             saliency_conv=saliency_conv, value_conv=value_conv, mlp_ratio=mlp_ratio,
+                                             ls_init_value=ls_init_value, drop_path=dp, act_layer=act_layer,
+                                             norm_layer=norm_layer, **dd))
+        self.blocks = nn.ModuleList(blocks)
         self.grad_checkpointing = False
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        x = apply_mask(self.downsample(x), mask)
+        """x: (B, C_in, H, W); mask: (B, H', W') real tokens at this stage's resolution."""
+        x = apply_mask(self.downsample(x), mask)                          # (B, C_out, H', W')
         for block in self.blocks:
             if self.grad_checkpointing and not torch.jit.is_scripting() and x.requires_grad:
                 x = checkpoint(block, x, mask, use_reentrant=False)
@@ -61,52 +230,77 @@ class LinGloStage(nn.Module):
         return x
 
 
-def _downsample_mask(mask: Tensor | None, factor: int) -> Tensor | None:
-    """Real-token mask at a coarser stride: a token is real when its centre pixel is (3×3 s2 convs, pad 1)."""
-    return None if mask is None else mask[:, ::factor, ::factor]
-
-
 class LinGlo(nn.Module):
-    """LinGlo backbone + classifier.
+    """LinGlo backbone + classifier: Stem, 4 LinGloStages (strides 4, 8, 16, 32), a norm + pool + linear head."""
 
-    widths/depths: per stage. layout: "alternate" | "graft". token_mixer: "key_only" | "softmax" | "linear" |
-    "separable" | "none". window/axial/global_term/query_gate/gate/saliency_conv/value_conv: key-only attention
-    options (see layers.KeyOnlyAttention). head_hidden: pre-logits MLP width (None = none).
-    """
-
-    def __init__(self, widths=(32, 64, 128, 256), depths=(2, 2, 6, 2), in_chans: int = 3, num_classes: int = 1000,
-                 global_pool: str = "avg", layout: str = "alternate", token_mixer: str = "key_only",
-                 head_dim: int = 32, window: int = 7, axial: bool = False, global_term: bool = True,
-                 query_gate: bool = False, gate: str = "softmax", saliency_conv: int = 0, value_conv: int = 0,
-                 conv_kernel: int = 7, mlp_ratio: float = 4.0,
-                 ls_init: float | None = 1e-6, head_hidden: int | None = None, drop_rate: float = 0.0,
-                 drop_path_rate: float = 0.0):
+    def __init__(self, widths: Sequence[int] = (32, 64, 128, 256), depths: Sequence[int] = (2, 2, 6, 2),
+                 in_chans: int = 3, num_classes: int = 1000, global_pool: str = "avg", layout: str = "alternate",
+                 token_mixer: str = "key_only", head_dim: int = 32, window: int | None = None,
+                 axial: bool | None = None, global_term: bool | None = None, query_gate: bool | None = None,
+                 gate: str | None = None, saliency_conv: int | None = None, value_conv: int | None = None,
+                 conv_kernel: int = 7, mlp_ratio: float = 4.0, ls_init_value: float | None = 1e-6,
+                 head_hidden_size: int | None = None, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 norm_layer: str | NormLayer = nn.BatchNorm2d, act_layer: str | Callable[[], nn.Module] = nn.GELU,
+                 device=None, dtype=None):
+        """
+        Args:
+            widths: channels per stage (4 stages).
+            depths: blocks per stage.
+            in_chans: image channels.
+            num_classes: classifier outputs (0 = no classifier: pooled features).
+            global_pool: the head's pooling (timm's pool types).
+            layout: "alternate" (conv and attention blocks in every stage) or "graft" (conv stages 1–2, attention
+                stages 3–4); block_kinds.
+            token_mixer: the attention blocks' mixer: "key_only" | "softmax" | "linear" | "separable" | "none".
+            head_dim: channels per attention head.
+            window: key-only k×k relative-bias window (odd; 0 = global only). None: KeyOnlyAttention's default (7).
+            axial: key-only separable window (cost 2k, not k²). None: off.
+            global_term: key-only e^{r_inf} term for keys outside the window. None: on.
+            query_gate: key-only elementwise output gate σ(W_q x_i) (no query-key product). None: off.
+            gate: key-only "softmax" normaliser or "sigmoid" weights. None: softmax.
+            saliency_conv: key-only depthwise conv over the saliency logits (k, odd; 0 = off). None: off.
+            value_conv: key-only depthwise conv over the values, added to the output (k, odd; 0 = off). None: off.
+                (The seven key-only options given with another token_mixer are a ValueError.)
+            conv_kernel: the ConvBlocks' depthwise k.
+            mlp_ratio: MLP hidden width / block width.
+            ls_init_value: layer-scale init (None or 0: none); timm.create_model also takes the older name ls_init.
+            head_hidden_size: a pre-logits MLP of this width in the head (None = none).
+            drop_rate: dropout before the classifier.
+            drop_path_rate: stochastic depth, rising linearly over all blocks to this value.
+            norm_layer: every norm of the backbone (class or timm name: BatchNorm2d by default; FrozenBatchNorm2d,
+                SyncBatchNorm, GroupNorm, ... for detection); the head keeps LayerNorm2d.
+            act_layer: the stem's and the MLPs' activation (class or timm name).
+            device, dtype: where and in which dtype the parameters are created.
+        """
         super().__init__()
         init_seed = int(torch.randint(0, 2**62, (1,), device="cpu"))   # see _init_weights
         if len(widths) != 4 or len(depths) != 4:
             raise ValueError(f"LinGlo: widths and depths need 4 stages, got {len(widths)} and {len(depths)}")
         if token_mixer not in TOKEN_MIXERS:
             raise ValueError(f"LinGlo: token_mixer must be one of {sorted(TOKEN_MIXERS)}, got {token_mixer!r}")
+        dd = _factory(device, dtype)
+        norm_layer, act_layer = get_norm_layer(norm_layer), get_act_layer(act_layer)
         self.num_classes = num_classes
         self.num_features = self.head_hidden_size = widths[-1]
         self.drop_rate = drop_rate
         self.layout, self.token_mixer = layout, token_mixer
-        mixer_kwargs = dict(window=window, axial=axial, global_term=global_term, query_gate=query_gate, gate=gate,
-                            saliency_conv=saliency_conv, value_conv=value_conv)
-        self.stem = Stem(in_chans, widths[0])
+        self.stem = Stem(in_chans, widths[0], act_layer=act_layer, norm_layer=norm_layer, **dd)
         n = sum(depths)   # drop-path rate rising linearly over all blocks (plain floats: works on the meta device)
         rates = [drop_path_rate * j / max(n - 1, 1) for j in range(n)]
         dpr = [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
         self.stages = nn.Sequential(*(
-            LinGloStage(widths[max(i - 1, 0)], widths[i], i > 0, block_kinds(layout, i, depths[i]), dpr[i],
-                        mlp_ratio=mlp_ratio, ls_init=ls_init, conv_kernel=conv_kernel, token_mixer=token_mixer,
-                        head_dim=head_dim, mixer_kwargs=mixer_kwargs)
+            LinGloStage(widths[max(i - 1, 0)], widths[i], block_kinds(layout, i, depths[i]), downsample=i > 0,
+                        drop_path_rates=dpr[i], kernel_size=conv_kernel, mlp_ratio=mlp_ratio,
+                        ls_init_value=ls_init_value, token_mixer=token_mixer, head_dim=head_dim, window=window,
+                        axial=axial, global_term=global_term, query_gate=query_gate, gate=gate,
+                        saliency_conv=saliency_conv, value_conv=value_conv, act_layer=act_layer,
+                        norm_layer=norm_layer, **dd)
             for i in range(4)))
         self.feature_info = [dict(num_chs=w, reduction=4 * 2 ** i, module=f"stages.{i}") for i, w in enumerate(widths)]
-        self.head = NormMlpClassifierHead(widths[-1], num_classes, hidden_size=head_hidden, pool_type=global_pool,
-                                          drop_rate=drop_rate, norm_layer=LayerNorm2d)
-        if head_hidden:
-            self.head_hidden_size = head_hidden
+        self.head = NormMlpClassifierHead(widths[-1], num_classes, hidden_size=head_hidden_size,
+                                          pool_type=global_pool, drop_rate=drop_rate, norm_layer=LayerNorm2d, **dd)
+        if head_hidden_size:
+            self.head_hidden_size = head_hidden_size
         self._init_weights(init_seed)
 
     def _init_weights(self, base: int) -> None:
@@ -127,7 +321,7 @@ class LinGlo(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Relative-position biases are positional, not features: no weight decay (norms/biases are 1-D anyway)."""
-        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in ("rel_bias", "bias_y", "bias_x", "r_inf")}
+        return {n for n, _ in self.named_parameters() if n.rsplit(".", 1)[-1] in POSITION_BIASES}
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
@@ -180,7 +374,7 @@ class LinGlo(nn.Module):
         return take_indices
 
     def forward_features(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """(B, 3, H, W) -> (B, C4, ceil(H/32), ceil(W/32))."""
+        """(B, 3, H, W) -> (B, C4, ceil(H/32), ceil(W/32)); `mask`: (B, H, W) real pixels."""
         return self._run_stages(x, mask, last=len(self.stages) - 1)[0]
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
@@ -190,6 +384,37 @@ class LinGlo(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# ---- weights from a file ----------------------------------------------------------------------------------------
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: bool = False) -> dict[str, Tensor]:
+    """Weights for `model` from a LinGlo checkpoint (timm's convention: build_model_with_cfg applies it to the
+    weights of `pretrained=True`, e.g. pretrained_cfg_overlay=dict(file=...)).
+
+    - A `linglo train` checkpoint ({"model": ..., "ema": ..., "config": ...}) gives its "model" weights, or its
+      "ema" weights with use_ema (a ValueError when it was trained without EMA). (timm's file loader already
+      picks "model"; this covers a checkpoint passed as pretrained_cfg_overlay=dict(state_dict=...).)
+    - "module." prefixes (a DDP-wrapped model's state_dict) are dropped.
+    - A relative-position bias of another window size is interpolated to the model's window (bicubic over the
+      (k, k) offset grid, linear over an axial (k,) one; the centre offset stays the centre), as timm resizes
+      relative-position tables. Every other tensor passes unchanged; load_state_dict judges the fit.
+    """
+    if isinstance(state_dict.get("model"), Mapping):
+        if use_ema and state_dict.get("ema") is None:
+            raise ValueError("checkpoint has no EMA weights (trained without EMA)")
+        state_dict = state_dict["ema"] if use_ema else state_dict["model"]
+    wanted = model.state_dict()
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        target = wanted.get(key)
+        if (key.rsplit(".", 1)[-1] in ("rel_bias", "bias_y", "bias_x") and target is not None
+                and value.shape != target.shape and value.shape[0] == target.shape[0]):
+            mode = "bicubic" if value.dim() == 3 else "linear"
+            value = F.interpolate(value[None].float(), size=target.shape[1:], mode=mode,
+                                  align_corners=False)[0].to(value.dtype)             # (heads, k', k') or (heads, k')
+        out[key] = value
+    return out
+
+
 # ---- the family -------------------------------------------------------------------------------------------------
 FAMILY: dict[str, dict[str, Any]] = {
     "linglo_t": dict(widths=(32, 64, 128, 256), depths=(2, 2, 6, 2)),
@@ -197,10 +422,12 @@ FAMILY: dict[str, dict[str, Any]] = {
     "linglo_s": dict(widths=(64, 128, 256, 512), depths=(2, 2, 6, 2)),
     "linglo_m": dict(widths=(96, 192, 384, 768), depths=(2, 2, 6, 2)),
 }
+ALIASES = {"ls_init": "ls_init_value", "head_hidden": "head_hidden_size"}   # older keyword -> LinGlo's
 
 
 def _cfg(**kwargs) -> dict[str, Any]:
-    """No published weights: url stays empty; load local weights with pretrained_cfg_overlay=dict(file=...)."""
+    """No published weights: url stays empty; load local weights with pretrained_cfg_overlay=dict(file=...).
+    mean, std, crop_pct and interpolation here are what the classify recipe uses (timm.data.resolve_data_config)."""
     return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": (7, 7), "crop_pct": 0.9,
             "interpolation": "bicubic", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
             "first_conv": "stem.conv1", "classifier": "head.fc", "fixed_input_size": False, "license": "apache-2.0",
@@ -211,8 +438,14 @@ default_cfgs = generate_default_cfgs({name: _cfg() for name in FAMILY})
 
 
 def _create_linglo(variant: str, pretrained: bool = False, **kwargs) -> LinGlo:
-    return build_model_with_cfg(LinGlo, variant, pretrained, feature_cfg=dict(out_indices=(0, 1, 2, 3),
-                                feature_cls="getter"), **{**FAMILY[variant], **kwargs})
+    for old, new in ALIASES.items():
+        if old in kwargs:
+            if new in kwargs:
+                raise ValueError(f"{variant}: give {new} or its older name {old}, not both")
+            kwargs[new] = kwargs.pop(old)
+    return build_model_with_cfg(LinGlo, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
+                                **{**FAMILY[variant], **kwargs})
 
 
 @register_model

@@ -1,4 +1,4 @@
-"""Key-only attention: weights from the keys alone (a saliency gate), mixed at linear cost.
+"""Key-only attention, the op: weights from the keys alone (a saliency gate), mixed at linear cost.
 
 Query i attends to key j with weight a_ij ∝ exp(s_j + r(j − i)): s_j is the key's saliency logit, r a
 relative-position term that is rel_bias[δ] for key-minus-query offsets δ inside a k×k window and one
@@ -6,13 +6,14 @@ scalar r_inf outside it. Because exp(s_j + r) = exp(s_j)·exp(r), no N×N matrix
 
     Σ_j e^{r(j−i)} u_j = conv_δ((e^b − e^{r_inf}), u)_i + e^{r_inf}·Σ_all u_j          (u = e^s·v, or e^s)
 
-a depthwise convolution plus a global sum: O(N·C·k²) time, O(N·C) memory. Everything is computed in
-fp32 (autocast off) after subtracting the per-head maxima of s and of r, and cast back at the end.
+a depthwise convolution plus a global sum (positional_mix): O(N·C·k²) time, O(N·C) memory.
 
-Speed: the global sum rides in the depthwise conv's bias (no extra pass), products keep v's memory layout so
-channels_last activations never get transposed, and on CUDA the window variants can run as fused Triton kernels
-(key_only_triton: one pass forward, one backward; opt-in with LINGLO_FUSED=1, see docs/performance.md). Maps
-of at most DENSE_MAX_TOKENS tokens take the N×N definition itself, which is a handful of calls (_attend_dense).
+One entry point, key_only_attention (every variant the model uses), and beside it the explicit O(N²)
+definition, key_only_attention_reference, that the tests hold it to. Inside, the global sum rides in the
+depthwise conv's bias, products keep v's memory layout (channels_last stays channels_last), maps of at most
+DENSE_MAX_TOKENS tokens take the N×N definition itself (a handful of calls), and on CUDA the window variants
+may run as fused Triton kernels (key_only_triton) when the caller asks (`fused=True`; the module switch is
+KeyOnlyAttention.fused_attn). Measurements behind each of these: docs/performance.md.
 """
 from __future__ import annotations
 
@@ -24,22 +25,106 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["key_only_attention", "key_only_attention_axial", "key_only_attention_reference", "positional_mix",
+__all__ = ["key_only_attention", "key_only_attention_reference", "positional_mix", "use_fused_kernels",
            "eager_plain"]
 
-# The fused Triton kernels are exact (TRITON_INTERPRET=1 on CPU; tests/ops/test_key_only_cuda.py on an H200) but
-# slower than the torch ops inside the model (0.6-0.8x throughput), so they are opt-in for their lower memory:
-# LINGLO_FUSED=1. By default CUDA runs the torch ops.
-FUSED_CUDA = os.environ.get("LINGLO_FUSED", "0") == "1"
-AXIAL_AS_SQUARE_MAX_K = 11   # axial windows up to this k run as one k×k conv (see key_only_attention_general)
+FUSED_ENV = "LINGLO_FUSED"   # "1": modules built afterwards run the fused Triton kernels on CUDA (use_fused_kernels)
+AXIAL_AS_SQUARE_MAX_K = 11   # axial windows up to this k run as one k×k conv (faster than four 1-D passes)
 DENSE_MAX_TOKENS = 64        # maps up to this many tokens (8×8) take the dense path (see _attend_dense)
+GATES = ("softmax", "sigmoid")
 
 
+def use_fused_kernels() -> bool:
+    """Whether a module built now should run the fused Triton kernels: LINGLO_FUSED=1, read when called (at module
+    construction, as timm's use_fused_attn). Off by default: on an H200 the kernels use half the memory of the
+    torch ops but are slower inside the model (docs/performance.md)."""
+    return os.environ.get(FUSED_ENV, "0") == "1"
+
+
+def key_only_attention(v: Tensor, s: Tensor, rel_bias: Tensor | None = None, r_inf: Tensor | None = None,
+                       mask: Tensor | None = None, *, axial_bias: tuple[Tensor, Tensor] | None = None,
+                       gate: str = "softmax", fused: bool = False) -> Tensor:
+    """Key-only attention: each query mixes the values with weights that come from the keys' saliency alone,
+
+        a_ij = exp(s_j + r(j − i)) / Σ_j' exp(s_j' + r(j' − i)),      out_i = Σ_j a_ij v_j = num_i / den_i,
+        num_i = Σ_j e^{r(j−i)} · e^{s_j} v_j,                          den_i = Σ_j e^{r(j−i)} · e^{s_j},
+
+    and both sums are positional mixes (a depthwise conv plus a global sum, positional_mix): no N×N matrix.
+
+    Args:
+        v: (B, h, d, H, W) values.
+        s: (B, h, H, W) saliency logits.
+        rel_bias: (h, k, k), k odd: rel_bias[:, Δy + k//2, Δx + k//2] is the bias of key-minus-query offset
+            (Δy, Δx).
+        r_inf: (h,) bias of every key outside the window; None = window only. Unused without a window.
+        mask: (B, H, W) bool, True = real token: other tokens get no weight; a query with no real key gets 0.
+        axial_bias: ((h, k), (h, k)) instead of rel_bias: the separable window bias_y[:, a] + bias_x[:, b]
+            (cost 2k per token, not k²). Neither rel_bias nor axial_bias: global only (r uniform).
+        gate: "softmax" (above), or "sigmoid": weights σ(s_j)·e^{r(j−i)}, normalised by Σ_j e^{r(j−i)} alone.
+        fused: on CUDA (fp32/fp16/bf16, softmax gate, a window, eager, triton installed), run the fused Triton
+            kernels (key_only_triton); elsewhere the torch ops.
+
+    Returns:
+        (B, h, d, H, W) in v's dtype, computed in fp32 after subtracting the per-head maxima of s and of r
+        (float64 stays float64), whatever autocast says.
+    """
+    if not torch.jit.is_tracing():   # (a jit trace would record the checks' shape comparisons as constants)
+        _check_inputs(v, s, rel_bias, r_inf, mask, axial_bias, gate)
+    windowed = rel_bias is not None or axial_bias is not None
+    if gate == "softmax" and windowed and _small_map(v, s):
+        square = rel_bias if rel_bias is not None else axial_bias[0][:, :, None] + axial_bias[1][:, None, :]
+        return _attend_dense(v, s, square, r_inf, mask)
+    acc = torch.promote_types(v.dtype, torch.float32)   # fp32 accumulation; float64 stays float64
+    kernel, axial, glob = _position_kernels(rel_bias, axial_bias, r_inf, v.shape[1], acc, v.device)
+    kernels = _fused_kernels(v) if fused and gate == "softmax" and windowed else None
+    if kernels is not None:   # the fused kernel takes the k×k kernel (an axial one as its outer product)
+        square = kernel if kernel is not None else axial[0][:, :, None] * axial[1][:, None, :]
+        return kernels.window_attention(v, s, square, glob, mask)
+    mix = functools.partial(positional_mix, glob=glob, kernel=kernel, axial=axial)
+    with _autocast_off(v):
+        vf, sf = v.to(acc), s.to(acc)
+        if gate == "softmax":
+            w = torch.exp(_shifted_logits(sf, mask))                          # e^{s − max s}: (B, h, H, W) in [0, 1]
+            den_in = w
+        else:
+            real = torch.ones_like(sf) if mask is None else mask[:, None].to(acc).expand_as(sf)
+            w = torch.sigmoid(sf) * real
+            den_in = real                                                      # positional normaliser
+        num = mix(vf * w[:, :, None])            # (B, h, d, H, W); v first: the product keeps v's memory layout
+        den = mix(den_in[:, :, None])                                          # (B, h, 1, H, W)
+        out = num / torch.where(den > 0, den, 1.0)                             # no real key in reach -> 0
+    return out.to(v.dtype)
+
+
+def key_only_attention_reference(v: Tensor, s: Tensor, rel_bias: Tensor, r_inf: Tensor,
+                                 mask: Tensor | None = None) -> Tensor:
+    """The explicit O(N²) definition (tests): builds every a_ij = softmax_j(s_j + r(j − i)) and applies it."""
+    _check_inputs(v, s, rel_bias, r_inf, mask)
+    k = rel_bias.shape[-1]
+    b, h, d, hh, ww = v.shape
+    dtype = torch.promote_types(v.dtype, torch.float32)
+    ys, xs = torch.meshgrid(torch.arange(hh, device=v.device), torch.arange(ww, device=v.device), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    dy, dx = ys[None, :] - ys[:, None], xs[None, :] - xs[:, None]       # (N_query, N_key): key − query
+    inside = (dy.abs() <= k // 2) & (dx.abs() <= k // 2)
+    r = rel_bias.to(dtype)[:, (dy + k // 2).clamp(0, k - 1), (dx + k // 2).clamp(0, k - 1)]  # (h, N, N)
+    r = torch.where(inside, r, r_inf.to(dtype)[:, None, None])
+    logits = s.to(dtype).reshape(b, h, 1, hh * ww) + r                 # (B, h, N, N)
+    if mask is not None:
+        logits = logits.masked_fill(~mask.reshape(b, 1, 1, hh * ww), float("-inf"))
+    a = torch.softmax(logits, dim=-1).nan_to_num(0.0)                   # a row with no real key -> 0
+    out = torch.einsum("bhij,bhdj->bhdi", a, v.to(dtype).reshape(b, h, d, hh * ww))
+    return out.reshape(b, h, d, hh, ww).to(v.dtype)
+
+
+# ---- checks ---------------------------------------------------------------------------------------------------
 def _shape_error(what: str, expected: str, got) -> ValueError:
     return ValueError(f"key_only_attention: {what} must be {expected}, got {got}")
 
 
-def _check_inputs(v: Tensor, s: Tensor, r_inf: Tensor | None, mask: Tensor | None) -> None:
+def _check_inputs(v: Tensor, s: Tensor, rel_bias: Tensor | None, r_inf: Tensor | None, mask: Tensor | None,
+                  axial_bias: tuple[Tensor, Tensor] | None = None, gate: str = "softmax") -> None:
+    """Shapes, dtypes and options: a few comparisons of sizes, cheap next to the op, so every call makes them."""
     if v.dim() != 5:
         raise _shape_error("v", "(B, heads, head_dim, H, W)", tuple(v.shape))
     b, h, _, hh, ww = v.shape
@@ -54,6 +139,16 @@ def _check_inputs(v: Tensor, s: Tensor, r_inf: Tensor | None, mask: Tensor | Non
             raise _shape_error("mask", f"(B, H, W) = {(b, hh, ww)}", tuple(mask.shape))
         if mask.dtype != torch.bool:
             raise _shape_error("mask", "a bool tensor (True = real token)", mask.dtype)
+    if gate not in GATES:
+        raise _shape_error("gate", f"one of {GATES}", repr(gate))
+    if rel_bias is not None and axial_bias is not None:
+        raise ValueError("key_only_attention: give rel_bias (square window) or axial_bias (separable), not both")
+    if rel_bias is not None:
+        _check_window(rel_bias, h)
+    if axial_bias is not None:
+        by, bx = axial_bias
+        if _check_window(by, h, "bias_y") != _check_window(bx, h, "bias_x"):
+            raise _shape_error("bias_x", f"the same window size as bias_y {tuple(by.shape)}", tuple(bx.shape))
 
 
 def _check_window(bias: Tensor, heads: int, axis: str = "rel_bias") -> int:
@@ -67,6 +162,7 @@ def _check_window(bias: Tensor, heads: int, axis: str = "rel_bias") -> int:
     return k
 
 
+# ---- the positional mix -----------------------------------------------------------------------------------------
 def _static_branches() -> bool:
     """Size-dependent shortcuts are exact but would be frozen into a traced/exported graph: skip them there.
     torch.onnx.export(dynamo=True) and torch.export set is_exporting(); the TorchScript exporter traces."""
@@ -76,7 +172,7 @@ def _static_branches() -> bool:
 def eager_plain(*tensors: Tensor) -> bool:
     """True in an eager call on plain tensors: not traced, exported or compiled, and no fake/proxy/functional tensor
     subclass (whose sizes may be symbolic). Size-dependent fast paths and caches are safe only there; checked before
-    any size is compared. Shared by the op's dense and fused paths and the banded MLP (layers.blocks)."""
+    any size is compared. Shared by the op's dense and fused paths and the banded MLP (layers.mlp)."""
     return _static_branches() and not torch.compiler.is_compiling() and all(type(t) is torch.Tensor for t in tensors)
 
 
@@ -154,6 +250,35 @@ def positional_mix(x: Tensor, glob: Tensor | None, kernel: Tensor | None = None,
     return total.expand_as(x)
 
 
+def _global_scale(bias_max: Tensor, r_inf: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """Per-head shift M = max(max bias, r_inf) and e^{r_inf − M} (None without a global term)."""
+    if r_inf is None:
+        return bias_max, None
+    peak = torch.maximum(bias_max, r_inf.detach().to(bias_max.dtype))
+    return peak, torch.exp(r_inf.to(bias_max.dtype) - peak)
+
+
+def _position_kernels(rel_bias: Tensor | None, axial_bias: tuple[Tensor, Tensor] | None, r_inf: Tensor | None,
+                      heads: int, acc: torch.dtype, device: torch.device):
+    """e^{r − M} as positional_mix takes it, M the per-head max of r (so every factor is at most 1):
+    (kernel (h, k, k) or None, axial ((h, ky), (h, kx)) or None, glob (h,) = e^{r_inf − M} or None)."""
+    if rel_bias is not None:
+        bias = rel_bias.to(acc)
+        peak, glob = _global_scale(bias.detach().amax(dim=(1, 2)), r_inf)
+        return torch.exp(bias - peak.view(-1, 1, 1)), None, glob                    # (h, k, k) in (0, 1]
+    if axial_bias is not None:
+        by, bx = axial_bias[0].to(acc), axial_bias[1].to(acc)
+        my, mx = by.detach().amax(1), bx.detach().amax(1)
+        peak, glob = _global_scale(my + mx, r_inf)
+        # e^{by+bx−M} = e^{by−my} · e^{bx−mx} · e^{my+mx−M}; fold the last factor into the y kernel
+        ky = torch.exp(by - my[:, None] + (my + mx - peak)[:, None])
+        kx = torch.exp(bx - mx[:, None])
+        if by.shape[1] <= AXIAL_AS_SQUARE_MAX_K:   # one k×k conv of the outer product: fewer passes over the map
+            return ky[:, :, None] * kx[:, None, :], None, glob
+        return None, (ky, kx), glob
+    return None, None, torch.ones(heads, device=device, dtype=acc)   # r uniform: a plain global saliency softmax
+
+
 def _autocast_off(t: Tensor):
     """The op computes in fp32 whatever autocast says (a no-op context when autocast is off)."""
     autocast = torch.is_autocast_enabled(t.device.type)
@@ -170,28 +295,7 @@ def _shifted_logits(s: Tensor, mask: Tensor | None) -> Tensor:
     return logits - peak
 
 
-def _attend(v: Tensor, s: Tensor, mask: Tensor | None, mix, gate: str) -> Tensor:
-    """Normalised key-only attention given `mix` = positional_mix with the window bound in."""
-    out_dtype = v.dtype
-    with _autocast_off(v):
-        acc = torch.promote_types(v.dtype, torch.float32)   # fp32 accumulation; float64 stays float64
-        v, s = v.to(acc), s.to(acc)
-        if gate == "softmax":
-            w = torch.exp(_shifted_logits(s, mask))                                 # (B, h, H, W) in [0, 1]
-            den_in = w
-        elif gate == "sigmoid":
-            w = torch.sigmoid(s)
-            real = torch.ones_like(s) if mask is None else mask[:, None].to(s.dtype).expand_as(s)
-            w = w * real
-            den_in = real                                                          # positional normaliser
-        else:
-            raise ValueError(f"key_only_attention: gate must be 'softmax' or 'sigmoid', got {gate!r}")
-        num = mix(v * w[:, :, None])             # (B, h, d, H, W); v first: the product keeps v's memory layout
-        den = mix(den_in[:, :, None])                                               # (B, h, 1, H, W)
-        out = num / torch.where(den > 0, den, 1.0)                                  # no real token -> 0
-    return out.to(out_dtype)
-
-
+# ---- small maps: the definition itself ------------------------------------------------------------------------
 @functools.lru_cache(maxsize=32)
 def _window_index(hh: int, ww: int, k: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """For every (query i, key j) of an hh×ww map: the flat index of offset j − i in a k×k bias, and whether
@@ -215,10 +319,9 @@ def _small_map(v: Tensor, s: Tensor) -> bool:
 def _attend_dense(v: Tensor, s: Tensor, bias: Tensor, r_inf: Tensor | None, mask: Tensor | None) -> Tensor:
     """Small maps: the weights a_ij = softmax_j(s_j + r(j − i)) as one N×N matrix per head, applied by one matmul.
 
-    The window path costs ~25 calls and two convolutions whatever the size; on an 8×8 map those calls, not the
-    arithmetic, are its time. Here it is a handful (measured on the CPU: 0.3-0.8x the window path's time up to
-    64 tokens, slower from ~100; linglo_t trains 13 % faster at 64 px). Same result as the window path
-    (tested); bias: (h, k, k); r_inf None = no global term.
+    The window path costs ~25 calls and two convolutions whatever the size; on a map this small those calls, not
+    the arithmetic, are its time, and here they are a handful (docs/performance.md, "What the fast path changed").
+    Same result as the window path (tested); bias: (h, k, k); r_inf None = no global term.
     """
     b, h, d, hh, ww = v.shape
     n = hh * ww
@@ -245,108 +348,10 @@ def _attend_dense(v: Tensor, s: Tensor, bias: Tensor, r_inf: Tensor | None, mask
 def _fused_kernels(v: Tensor):
     """The Triton module (key_only_triton) when it can run this call eagerly, else None: CUDA fp32/fp16/bf16,
     triton importable, not being traced/exported/compiled (those take the torch ops, which they fuse themselves)."""
-    if not (FUSED_CUDA and v.is_cuda and eager_plain(v)):
+    if not (v.is_cuda and eager_plain(v)):
         return None
     try:
         from . import key_only_triton
     except ImportError:
         return None
     return key_only_triton if key_only_triton.is_supported(v) else None
-
-
-def _global_scale(bias_max: Tensor, r_inf: Tensor | None) -> tuple[Tensor, Tensor | None]:
-    """Per-head shift M = max(max bias, r_inf) and e^{r_inf − M} (None without a global term)."""
-    if r_inf is None:
-        return bias_max, None
-    peak = torch.maximum(bias_max, r_inf.detach().to(bias_max.dtype))
-    return peak, torch.exp(r_inf.to(bias_max.dtype) - peak)
-
-
-def key_only_attention(v: Tensor, s: Tensor, rel_bias: Tensor, r_inf: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Key-only attention with a square k×k relative-position window (k odd, k may be 1).
-
-    v: (B, h, d, H, W) values; s: (B, h, H, W) saliency logits; rel_bias: (h, k, k) with
-    rel_bias[:, Δy + k//2, Δx + k//2] the bias of key-minus-query offset (Δy, Δx); r_inf: (h,) bias of
-    every key outside the window; mask: optional (B, H, W) bool, True = real token.
-    Returns (B, h, d, H, W): out_i = Σ_j a_ij v_j, a_ij ∝ exp(s_j + r(j − i)) over real tokens j.
-    """
-    _check_inputs(v, s, r_inf, mask)
-    _check_window(rel_bias, v.shape[1])
-    return key_only_attention_general(v, s, r_inf, rel_bias=rel_bias, mask=mask)
-
-
-def key_only_attention_axial(v: Tensor, s: Tensor, bias_y: Tensor, bias_x: Tensor, r_inf: Tensor,
-                             mask: Tensor | None = None) -> Tensor:
-    """Same as key_only_attention with rel_bias[:, a, b] = bias_y[:, a] + bias_x[:, b] (separable window,
-    cost 2k per token instead of k²). bias_y, bias_x: (h, k), k odd."""
-    _check_inputs(v, s, r_inf, mask)
-    if _check_window(bias_y, v.shape[1], "bias_y") != _check_window(bias_x, v.shape[1], "bias_x"):
-        raise _shape_error("bias_x", f"the same window size as bias_y {tuple(bias_y.shape)}", tuple(bias_x.shape))
-    return key_only_attention_general(v, s, r_inf, axial_bias=(bias_y, bias_x), mask=mask)
-
-
-def key_only_attention_general(v: Tensor, s: Tensor, r_inf: Tensor | None, *, rel_bias: Tensor | None = None,
-                               axial_bias: tuple[Tensor, Tensor] | None = None, gate: str = "softmax",
-                               mask: Tensor | None = None) -> Tensor:
-    """All ablation variants in one place (inputs assumed checked by the caller).
-
-    rel_bias (h,k,k) square window | axial_bias ((h,k),(h,k)) separable window | neither: global only
-    (r uniform, r_inf unused). With a window, r_inf None means window only (no global term). gate: "softmax" (normalise by Σ_j e^{s_j+r}) or "sigmoid"
-    (weights σ(s_j)·e^{r}, normalised by Σ_j e^{r} alone).
-    """
-    if gate == "softmax" and (rel_bias is not None or axial_bias is not None) and _small_map(v, s):
-        square = rel_bias if rel_bias is not None else axial_bias[0][:, :, None] + axial_bias[1][:, None, :]
-        return _attend_dense(v, s, square, r_inf, mask)
-    acc = torch.promote_types(v.dtype, torch.float32)
-    fused = gate == "softmax" and _fused_kernels(v)
-    if rel_bias is not None:
-        bias = rel_bias.to(acc)
-        peak, glob = _global_scale(bias.detach().amax(dim=(1, 2)), r_inf)
-        kernel = torch.exp(bias - peak.view(-1, 1, 1))                       # (h, k, k) in (0, 1]
-        if fused:
-            return fused.window_attention(v, s, kernel, glob, mask)
-
-        def mix(x):
-            return positional_mix(x, glob, kernel=kernel)
-    elif axial_bias is not None:
-        by, bx = axial_bias[0].to(acc), axial_bias[1].to(acc)
-        my, mx = by.detach().amax(1), bx.detach().amax(1)
-        peak, glob = _global_scale(my + mx, r_inf)
-        # e^{by+bx−M} = e^{by−my} · e^{bx−mx} · e^{my+mx−M}; fold the last factor into the y kernel
-        ky = torch.exp(by - my[:, None] + (my + mx - peak)[:, None])
-        kx = torch.exp(bx - mx[:, None])
-        if fused:   # the fused kernel takes the k×k outer-product kernel
-            return fused.window_attention(v, s, ky[:, :, None] * kx[:, None, :], glob, mask)
-        # Up to k = AXIAL_AS_SQUARE_MAX_K one k×k depthwise conv of the outer product is faster than the four
-        # 1-D passes (measured on CPU: 1.8-2.6x at k = 7..11, fewer passes over the map); beyond, separable wins.
-        square = ky[:, :, None] * kx[:, None, :] if by.shape[1] <= AXIAL_AS_SQUARE_MAX_K else None
-
-        def mix(x):
-            return positional_mix(x, glob, axial=None if square is not None else (ky, kx), kernel=square)
-    else:
-        glob = torch.ones(v.shape[1], device=v.device, dtype=acc)   # r uniform: plain global saliency softmax
-
-        def mix(x):
-            return positional_mix(x, glob)
-    return _attend(v, s, mask, mix, gate)
-
-
-def key_only_attention_reference(v: Tensor, s: Tensor, rel_bias: Tensor, r_inf: Tensor,
-                                 mask: Tensor | None = None) -> Tensor:
-    """The explicit O(N²) definition (tests only): builds every a_ij and applies it."""
-    _check_inputs(v, s, r_inf, mask)
-    k = _check_window(rel_bias, v.shape[1])
-    b, h, d, hh, ww = v.shape
-    dtype = torch.promote_types(v.dtype, torch.float32)
-    ys, xs = torch.meshgrid(torch.arange(hh, device=v.device), torch.arange(ww, device=v.device), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    dy, dx = ys[None, :] - ys[:, None], xs[None, :] - xs[:, None]       # (N_query, N_key): key − query
-    inside = (dy.abs() <= k // 2) & (dx.abs() <= k // 2)
-    r = rel_bias.to(dtype)[:, (dy + k // 2).clamp(0, k - 1), (dx + k // 2).clamp(0, k - 1)]  # (h, N, N)
-    r = torch.where(inside, r, r_inf.to(dtype)[:, None, None])
-    logits = s.to(dtype).reshape(b, h, 1, hh * ww) + r                 # (B, h, N, N)
-    if mask is not None:
-        logits = logits.masked_fill(~mask.reshape(b, 1, 1, hh * ww), float("-inf"))
-    a = torch.softmax(logits, dim=-1).nan_to_num(0.0)                   # a row with no real key -> 0
-    out = torch.einsum("bhij,bhdj->bhdi", a, v.to(dtype).reshape(b, h, d, hh * ww))
-    return out.reshape(b, h, d, hh, ww).to(v.dtype)

@@ -20,8 +20,8 @@ from torch import Tensor
 
 __all__ = ["window_attention", "is_supported"]
 
-# Taps run as a loop, not unrolled (tl.static_range): with the 49 taps of a 7×7 window unrolled, compiling and
-# running the 7×7 CUDA tests did not finish within 100 s on an H200 (Triton 3.6); 3×3 passed.
+# Taps run as a loop, not unrolled (tl.static_range): the unrolled 49 taps of a 7×7 window took too long to compile
+# (docs/performance.md, GPU section).
 _BLOCK_P = 128      # pixels per program (flattened y·W + x, so loads are coalesced along x)
 _MAX_BLOCK_D = 32   # channels per inner chunk (register tile BLOCK_D × BLOCK_P)
 

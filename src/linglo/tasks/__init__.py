@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 
 from linglo.errors import LingloError
+from linglo.extras import EXTRAS, missing
 from linglo.tasks.base import Batch, Task
 
 TASKS: dict[str, str] = {
@@ -21,7 +22,13 @@ def get_task(name: str) -> type[Task]:
     if name not in TASKS:
         raise LingloError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
     module, cls = TASKS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ModuleNotFoundError as e:   # an optional dependency of this task (pyproject's extras)
+        root = (e.name or "").split(".")[0]
+        if root in EXTRAS:
+            raise missing(root, f"the {name} task needs it") from None
+        raise
 
 
 __all__ = ["Batch", "Task", "TASKS", "get_task"]

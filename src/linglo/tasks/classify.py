@@ -7,9 +7,11 @@ Data is a folder `ROOT/{train,val}/<class>/<image>` or a built-in name ("default
 object-vs-person crop set shipped in linglo/assets). An optional `ROOT/classes.txt` (lines "folder<TAB>name",
 as Imagenette ships) gives the class names shown in tables, the confusion matrix and predictions.
 Augmentation is timm's create_transform with the DeiT defaults (RandAugment rand-m9-mstd0.5-inc1, random
-erasing 0.25, colour jitter 0.3, bicubic), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1; drop_path goes to
-the timm model. Without RandAugment (--aa none) the images are decoded once into memory and batches are
-augmented as tensors on the training device (tasks.decoded; --data-cache).
+erasing 0.25, colour jitter 0.3), Mixup 0.8 / CutMix 1.0 with label smoothing 0.1; drop_path goes to the timm
+model. Mean, std, eval crop_pct and interpolation are the model's pretrained_cfg (timm.data.resolve_data_config;
+LinGlo: ImageNet mean/std, crop 0.9, bicubic), each overridden only by its flag when given. Without RandAugment
+(--aa none) the images are decoded once into memory and batches are augmented as tensors on the training device
+(tasks.decoded; --data-cache).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import timm
 import torch
 import torch.nn.functional as F
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.data import Mixup, create_transform, resolve_data_config
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
@@ -35,6 +37,7 @@ from linglo.tasks.posterize_guard import guard_posterize
 
 BUILTIN_DATASETS = {"default": "assets/default_dataset"}
 CLASS_NAMES_FILE = "classes.txt"
+DATA_CONFIG_KEYS = ("mean", "std", "crop_pct", "interpolation")   # from the model's pretrained_cfg unless given
 CACHE_MEMORY_FRACTION = 0.25   # --data-cache auto decodes into memory when both splits fit in this share of RAM
 # `linglo demo`: the recipe scaled to ~150 images of 64 px and a few minutes on 2 CPU cores.
 DEMO_CONFIG = {"data": "default", "model": "linglo_t", "img_size": 64, "epochs": 15, "batch_size": 32,
@@ -73,15 +76,19 @@ class ClassifyTask(Task):
         "mixup_switch_prob": 0.5,
         "smoothing": 0.1,
         "drop_path": 0.1,
-        "interpolation": "bicubic",
-        "crop_pct": 0.875,
+        "interpolation": None,          # None: the model's pretrained_cfg (as mean, std and crop_pct)
+        "crop_pct": None,
+        "mean": None,
+        "std": None,
         "topk": 5,
         "data_cache": "auto",           # memory: decode once, augment tensors | off: PIL per image | auto
     }
+    optional_types = {"interpolation": str, "crop_pct": float, "mean": list, "std": list}
 
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__(cfg)
         check_model_name(self.cfg["model"])   # before scanning a large dataset
+        self.data_config = data_config(self.cfg)
         self.mixup: Mixup | None = None
         self.sizes: dict[str, int] = {}
         self.skipped: list[str] = []
@@ -109,16 +116,15 @@ class ClassifyTask(Task):
 
     # ---- data -------------------------------------------------------------------------------
     def transform(self, train: bool):
-        c = self.cfg
+        c, d = self.cfg, self.data_config
         if train:
             t = create_transform(c["img_size"], is_training=True, scale=tuple(c["scale"]), auto_augment=self._aa(),
                                  color_jitter=c["color_jitter"], re_prob=c["reprob"],
-                                 re_mode=c["remode"], interpolation=c["interpolation"],
-                                 mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+                                 re_mode=c["remode"], interpolation=d["interpolation"], mean=d["mean"], std=d["std"])
             guard_posterize(t)
             return t
-        return create_transform(c["img_size"], is_training=False, interpolation=c["interpolation"],
-                                crop_pct=c["crop_pct"], mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
+        return create_transform(c["img_size"], is_training=False, interpolation=d["interpolation"],
+                                crop_pct=d["crop_pct"], mean=d["mean"], std=d["std"])
 
     def build_dataset(self, split: str) -> CheckedImageFolder | DecodedImages:
         root = resolve_data(self.cfg["data"])
@@ -156,15 +162,15 @@ class ClassifyTask(Task):
 
     def _decode(self, folder: CheckedImageFolder, train: bool) -> DecodedImages:
         """The split decoded once: train as squares to crop from, val through timm's eval transform itself."""
-        c = self.cfg
+        c, d = self.cfg, self.data_config
         side = train_side(c["img_size"]) if train else c["img_size"]
-        to_uint8 = create_transform(side, is_training=False, interpolation=c["interpolation"],
-                                    crop_pct=1.0 if train else c["crop_pct"], use_prefetcher=True)
-        decode_side = side if train else math.ceil(c["img_size"] / c["crop_pct"])   # what the resize needs
+        to_uint8 = create_transform(side, is_training=False, interpolation=d["interpolation"],
+                                    crop_pct=1.0 if train else d["crop_pct"], use_prefetcher=True)
+        decode_side = side if train else math.ceil(c["img_size"] / d["crop_pct"])   # what the resize needs
         ds = DecodedImages(folder.samples, to_uint8, side, load=functools.partial(load_rgb, draft=decode_side))
         self.cached["train" if train else "val"] = f"memory, {ds.nbytes / 2**20:.0f} MiB, decoded in {ds.seconds:.1f} s"
         if train:
-            self.augment = BatchAugment(c["img_size"], c["scale"], IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+            self.augment = BatchAugment(c["img_size"], c["scale"], d["mean"], d["std"],
                                         color_jitter=c["color_jitter"], re_prob=c["reprob"], re_mode=c["remode"])
         return ds
 
@@ -220,8 +226,8 @@ class ClassifyTask(Task):
 
     def _eval_normalize(self, x: torch.Tensor) -> torch.Tensor:
         if self.augment is None:   # eval-only run: no train split was built
-            self.augment = BatchAugment(self.cfg["img_size"], self.cfg["scale"], IMAGENET_DEFAULT_MEAN,
-                                        IMAGENET_DEFAULT_STD)
+            self.augment = BatchAugment(self.cfg["img_size"], self.cfg["scale"], self.data_config["mean"],
+                                        self.data_config["std"])
         return self.augment.normalize(x)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -299,7 +305,20 @@ class ClassifyTask(Task):
     def describe(self) -> dict[str, Any]:
         return {"data": str(resolve_data(self.cfg["data"])), "images": dict(self.sizes),
                 "class_names": self.meta.get("class_names"), "skipped_images": len(self.skipped),
-                "skipped_files": self.skipped[:20], "decoded_cache": dict(self.cached) or "off"}
+                "skipped_files": self.skipped[:20], "decoded_cache": dict(self.cached) or "off",
+                "data_config": {k: self.data_config[k] for k in DATA_CONFIG_KEYS}}
+
+
+def data_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """timm's data config of the run's model (timm.data.resolve_data_config of its pretrained_cfg): mean, std,
+    crop_pct and interpolation, each taken from the run's flag instead when that was given."""
+    given = {k: tuple(cfg[k]) if k in ("mean", "std") else cfg[k] for k in DATA_CONFIG_KEYS if cfg[k] is not None}
+    for key in ("mean", "std"):
+        if key in given and len(given[key]) != 3:
+            raise LingloError(f"--{key} takes 3 values (R G B), got {list(given[key])}")
+    if "crop_pct" in given and not 0 < given["crop_pct"] <= 1:
+        raise LingloError(f"--crop-pct must be in (0, 1], got {given['crop_pct']}")
+    return resolve_data_config(given, pretrained_cfg=timm.models.get_pretrained_cfg(cfg["model"]).to_dict())
 
 
 def class_names(root: Path, folders: list[str]) -> list[str]:

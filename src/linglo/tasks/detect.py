@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from linglo.errors import LingloError
+from linglo.extras import require
 from linglo.tasks.base import Batch, Task
 from linglo.tasks.coco import CocoDetection, collate, predict_each
 from linglo.tasks.coco_eval import coco_evaluate, to_coco_results
@@ -21,6 +22,7 @@ from linglo.tasks.detectors import ARCHS, build_detector
 from linglo.tasks.layouts import backbone_weights, coco_paths
 
 EVAL_SCORE_THRESH = 0.05  # detections kept for COCO AP (torchvision's / detectron2's test threshold)
+TRAINABLE_STAGES = 3      # backbone stages trained on top of loaded weights (torchvision's trainable_layers=3)
 
 
 class DetectTask(Task):
@@ -45,13 +47,16 @@ class DetectTask(Task):
         "score_thresh": 0.3,      # predict: detections shown and written
         "train_images": None, "train_ann": None, "val_images": None, "val_ann": None,
         "backbone_weights": None,
+        "frozen_bn": None,        # None: FrozenBatchNorm2d exactly when --backbone-weights is given (torchvision)
+        "trainable_stages": None,  # None: TRAINABLE_STAGES with --backbone-weights, else all
     }
     optional_types = {"train_images": str, "train_ann": str, "val_images": str, "val_ann": str,
-                      "backbone_weights": str}
+                      "backbone_weights": str, "frozen_bn": bool, "trainable_stages": int}
     collate_fn = staticmethod(collate)
 
     def __init__(self, cfg: Mapping[str, Any]):
         super().__init__(cfg)
+        require("faster_coco_eval", "COCO AP of the detections")   # imported at evaluation: say so before training
         if self.cfg["arch"] not in ARCHS:
             raise LingloError(f"--arch must be one of {', '.join(ARCHS)}, got '{self.cfg['arch']}'")
         for key in ("fpn_channels", "max_size"):
@@ -80,10 +85,15 @@ class DetectTask(Task):
     # ---- model and loss ---------------------------------------------------------------------
     def build_model(self) -> nn.Module:
         c = self.cfg
+        # the conventions follow the --backbone-weights flag, not whether this run loads it (eval / predict take
+        # the weights from their checkpoint), so a checkpoint is rebuilt with the layers it was trained with
+        weighted = bool(c["backbone_weights"])
+        frozen_bn = weighted if c["frozen_bn"] is None else c["frozen_bn"]
+        trainable = (TRAINABLE_STAGES if weighted else None) if c["trainable_stages"] is None else c["trainable_stages"]
         return build_detector(c["model"], c["arch"], self.meta["num_classes"], min_size=c["img_size"],
                               max_size=c["max_size"], fpn_channels=c["fpn_channels"], drop_path_rate=c["drop_path"],
                               pretrained_path=backbone_weights(c, self.datasets), score_thresh=EVAL_SCORE_THRESH,
-                              model_kwargs=c["model_kwargs"])
+                              model_kwargs=c["model_kwargs"], frozen_bn=frozen_bn, trainable_stages=trainable)
 
     def to_batch(self, raw: Any, device: torch.device, train: bool) -> Batch:
         images, targets = raw

@@ -103,10 +103,11 @@ class SegmentationModel(nn.Module):
 
     def __init__(self, model: str, head: str, num_classes: int, channels: int | None = None,
                  drop_path_rate: float = 0.0, pretrained_path: str | None = None,
-                 model_kwargs: Mapping[str, Any] | None = None):
+                 model_kwargs: Mapping[str, Any] | None = None, frozen_bn: bool | None = False,
+                 trainable_stages: int | None = None):
         super().__init__()
         self.backbone = Pyramid(model, drop_path_rate=drop_path_rate, pretrained_path=pretrained_path,
-                                model_kwargs=model_kwargs)
+                                model_kwargs=model_kwargs, frozen_bn=frozen_bn, trainable_stages=trainable_stages)
         if head == "fpn":
             self.head = SemanticFPNHead(self.backbone.channels, num_classes, channels or 256)
         elif head == "upernet":

@@ -77,9 +77,12 @@ class SegmentTask(Task):
         "slide_stride": None,     # None: 2/3 of --img-size (341 for 512, as mmsegmentation)
         "train_images": None, "train_masks": None, "val_images": None, "val_masks": None,
         "backbone_weights": None,
+        "frozen_bn": False,       # mmsegmentation trains the backbone's norms
+        "trainable_stages": None,  # None: all
     }
     optional_types = {"head_channels": int, "classes": str, "slide_stride": int, "train_images": str,
-                      "train_masks": str, "val_images": str, "val_masks": str, "backbone_weights": str}
+                      "train_masks": str, "val_images": str, "val_masks": str, "backbone_weights": str,
+                      "trainable_stages": int}
     collate_fn = staticmethod(collate)
 
     def __init__(self, cfg: Mapping[str, Any]):
@@ -117,7 +120,8 @@ class SegmentTask(Task):
         c = self.cfg
         return SegmentationModel(c["model"], c["head"], self.meta["num_classes"], channels=c["head_channels"],
                                  drop_path_rate=c["drop_path"], pretrained_path=backbone_weights(c, self.datasets),
-                                 model_kwargs=c["model_kwargs"])
+                                 model_kwargs=c["model_kwargs"], frozen_bn=c["frozen_bn"],
+                                 trainable_stages=c["trainable_stages"])
 
     def to_batch(self, raw: Any, device: torch.device, train: bool) -> Batch:
         images, masks = raw  # B×3×H×W and B×H×W, or lists of differently sized items

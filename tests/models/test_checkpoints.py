@@ -1,0 +1,110 @@
+"""Weights written before the model moved into one file still load, and checkpoint_filter_fn adapts checkpoints.
+
+tests/data/classify_f274e1b.pt is a real `linglo train` checkpoint written by commit f274e1b (before this layout):
+linglo_t with --model-kwargs widths=(8,16,16,32) depths=(2,2,2,2) head_dim=8 window=3 ls_init=0.5 (the older
+keyword), 1 epoch on the built-in dataset at 32 px, with EMA.
+"""
+import json
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import linglo  # noqa: F401  (registers the family)
+from linglo.cli.main import main
+from linglo.models import checkpoint_filter_fn
+
+OLD = Path(__file__).resolve().parents[1] / "data" / "classify_f274e1b.pt"
+
+
+@pytest.fixture(scope="module")
+def old():
+    return torch.load(OLD, map_location="cpu", weights_only=True)
+
+
+def _assert_weights(model, state):
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, state[name], rtol=0, atol=0, msg=name)
+
+
+def test_timm_loads_the_old_train_checkpoint(old):
+    """timm.create_model(pretrained=True, pretrained_cfg_overlay=dict(file=best.pt)): exactly its "model" weights,
+    with the older keyword ls_init still accepted."""
+    kwargs = old["config"]["model_kwargs"]
+    assert "ls_init" in kwargs
+    model = timm.create_model("linglo_t", pretrained=True, num_classes=2,
+                              pretrained_cfg_overlay=dict(file=str(OLD), num_classes=2), **kwargs)
+    _assert_weights(model, old["model"])
+    assert model.stages[0].blocks[0].ls.gamma.shape == (8,)
+
+
+def test_filter_unwraps_model_or_ema_weights(old):
+    kwargs = old["config"]["model_kwargs"]
+    # the whole checkpoint dict as a state_dict overlay: the filter picks its "model" weights
+    model = timm.create_model("linglo_t", pretrained=True, num_classes=2,
+                              pretrained_cfg_overlay=dict(state_dict=dict(old), num_classes=2), **kwargs)
+    _assert_weights(model, old["model"])
+    ema = checkpoint_filter_fn(old, model, use_ema=True)
+    assert any(not torch.equal(ema[k], old["model"][k]) for k in ema)   # EMA weights are another set
+    model.load_state_dict(ema)
+    _assert_weights(model, old["ema"])
+    with pytest.raises(ValueError, match="no EMA weights"):
+        checkpoint_filter_fn({**old, "ema": None}, model, use_ema=True)
+    wrapped = checkpoint_filter_fn({f"module.{k}": v for k, v in old["model"].items()}, model)   # DDP prefix
+    assert set(wrapped) == set(old["model"])
+
+
+@pytest.mark.parametrize("window", [1, 5, 7])
+def test_relative_bias_is_resized_to_another_window(old, window):
+    """The window-3 checkpoint into a window-k model: rel_bias interpolated over the offset grid, the centre offset
+    kept at the centre; every other tensor exactly as stored."""
+    kwargs = {**old["config"]["model_kwargs"], "window": window}
+    model = timm.create_model("linglo_t", pretrained=True, num_classes=2,
+                              pretrained_cfg_overlay=dict(file=str(OLD), num_classes=2), **kwargs).eval()
+    state = model.state_dict()
+    biases = [k for k in old["model"] if k.endswith("rel_bias")]
+    assert biases
+    for key in biases:
+        stored, loaded = old["model"][key], state[key]
+        assert stored.shape[1:] == (3, 3) and loaded.shape == (stored.shape[0], window, window)
+        torch.testing.assert_close(loaded[:, window // 2, window // 2], stored[:, 1, 1])
+    for key, tensor in old["model"].items():
+        if key not in biases:
+            torch.testing.assert_close(state[key], tensor, rtol=0, atol=0)
+    assert torch.isfinite(model(torch.randn(1, 3, 64, 64))).all()
+
+
+def test_axial_bias_is_resized_too():
+    torch.manual_seed(0)
+    source = timm.create_model("linglo_t", axial=True, window=3, widths=(8, 16, 16, 32), depths=(2, 2, 2, 2),
+                               head_dim=8)
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if name.endswith(("bias_y", "bias_x")):
+                p.normal_()
+    target = timm.create_model("linglo_t", axial=True, window=7, widths=(8, 16, 16, 32), depths=(2, 2, 2, 2),
+                               head_dim=8)
+    state = checkpoint_filter_fn(source.state_dict(), target)
+    target.load_state_dict(state)
+    for key in ("stages.0.blocks.1.mixer.bias_y", "stages.3.blocks.1.mixer.bias_x"):
+        assert state[key].shape[-1] == 7
+        torch.testing.assert_close(state[key][:, 3], source.state_dict()[key][:, 1])
+
+
+def test_eval_reproduces_the_metrics_the_old_code_recorded(old, tmp_path):
+    """`linglo eval` on the old checkpoint rebuilds the model from its stored config and scores the built-in val
+    split exactly as the run that wrote it did (same weights, same eval transform)."""
+    recorded = old["history"][-1]
+    assert main(["eval", "--checkpoint", str(OLD), "--workers", "0", "--output", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    assert metrics["top1"] == pytest.approx(recorded["val_top1"])
+    assert metrics["loss"] == pytest.approx(recorded["val_loss"], rel=1e-5)
+
+
+def test_predict_loads_the_old_checkpoint(tmp_path):
+    val = sorted((Path(linglo.__file__).parent / "assets" / "default_dataset" / "val" / "person").glob("*.jpg"))[:2]
+    assert main(["predict", "--checkpoint", str(OLD), *map(str, val), "--output", str(tmp_path)]) == 0
+    preds = json.loads((tmp_path / "predictions.json").read_text())
+    assert [p["file"] for p in preds] == list(map(str, val))
+    assert all(sum(t["prob"] for t in p["top"]) == pytest.approx(1.0) for p in preds)
