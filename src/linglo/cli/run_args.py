@@ -68,8 +68,9 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
         g.add_argument("--overwrite", action="store_true", default=S,
                        help="replace an earlier run in --output (otherwise a run there is never overwritten)")
     g.add_argument("--device", default=S, help=f"auto, cpu, cuda or cuda:N (default: {d['device']})")
-    g.add_argument("--workers", "-j", type=int, default=S, help="data loading processes. Each draws its own random augmentation stream, so a --seed "
-                        f"repeats a run exactly only with the same --workers (default: {d['workers']})")
+    g.add_argument("--workers", "-j", type=int, default=S,
+                   help="data loading processes. Augmentation draws are keyed by seed, epoch and image, so a --seed "
+                        f"repeats a run whatever --workers is (default: {d['workers']})")
     if command in ("train", "demo"):
         g.add_argument("--seed", type=int, default=S, help=f"(default: {d['seed']})")
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default=S,
