@@ -38,9 +38,9 @@ def measure(model_name: str, case: str, threads: int) -> dict:
     import torch
 
     import linglo  # noqa: F401  registers the LinGlo models
-    from linglo.tasks.detectors import build_detector
-    from linglo.tasks.pyramid import Pyramid
-    from linglo.tasks.seg_heads import SegmentationModel
+    from linglo.tasks.detect.models import build_detector
+    from linglo.tasks.dense.pyramid import Pyramid
+    from linglo.tasks.segment.heads import SegmentationModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ Studies (SPEC claims in brackets):
             peers_m: the other size rows
     cost    latency and peak memory of each mixer inside linglo_t against resolution (claim 3)
 Every arm of a study gets the same recipe, budget and seeds; an arm that several studies share is trained once.
-Arms with the same seed share more than the seed: the data order, every augmentation draw (tasks.decoded keys
+Arms with the same seed share more than the seed: the data order, every augmentation draw (tasks.classify.decoded keys
 them by the batch's images), and the initial weights of every module they have in common (LinGlo draws each
 module's init from its name), so a paired comparison by seed removes most of the seed-to-seed noise.
 

@@ -25,8 +25,8 @@ from linglo.cli.config_file import load_config_file
 from linglo.engine.config import resolve
 from linglo.engine.trainer import _batch, _loaders, _place, autocast, resolve_amp   # the engine's own path
 from linglo.engine.distributed import DistContext, pick_device
-from linglo.tasks.classify import ClassifyTask
-from linglo.tasks.model_names import parse_kwargs
+from linglo.tasks.classify.task import ClassifyTask
+from linglo.models.names import parse_kwargs
 
 
 def main(argv=None) -> int:

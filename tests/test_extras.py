@@ -45,8 +45,8 @@ except Exception as e:
 ])
 def test_missing_extra_is_one_error_line(argv, extra, monkeypatch, capsys, tmp_path):
     for name in list(sys.modules):   # forget the optional packages and the task modules that import them
-        if name.split(".")[0] in EXTRAS or name in ("linglo.tasks.detect", "linglo.tasks.coco",
-                                                    "linglo.tasks.coco_eval"):
+        if name.split(".")[0] in EXTRAS or name in ("linglo.tasks.detect.task", "linglo.tasks.detect.data",
+                                                    "linglo.tasks.detect.metrics"):
             monkeypatch.delitem(sys.modules, name)
     for name in EXTRAS:
         monkeypatch.setitem(sys.modules, name, None)   # import raises ImportError

@@ -76,7 +76,7 @@ def expand_models(names: Sequence[str]) -> list[str]:
 
     A name may carry model kwargs, 'linglo_t[token_mixer=softmax,window=3]', to compare variants of one model."""
     import linglo  # noqa: F401  registers the LinGlo family with timm
-    from linglo.tasks.model_names import split_model_spec
+    from linglo.models.names import split_model_spec
 
     out: list[str] = []
     for name in names:
@@ -96,7 +96,7 @@ def unsupported_reason(name: str, res: int) -> str | None:
     """Why `name` cannot take a res×res input, known from its timm config before running it; None if it can."""
     import timm
 
-    from linglo.tasks.model_names import split_model_spec
+    from linglo.models.names import split_model_spec
     cfg = timm.models.get_pretrained_cfg(split_model_spec(name)[0])
     if cfg is not None and cfg.fixed_input_size:
         h, w = cfg.input_size[-2:]
@@ -225,7 +225,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     import timm
 
     from linglo.models import count_gmacs
-    from linglo.tasks.model_names import split_model_spec
+    from linglo.models.names import split_model_spec
 
     _check(cfg)
     device = _device(cfg)

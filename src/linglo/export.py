@@ -58,7 +58,7 @@ def build_model(cfg: ExportConfig) -> tuple[torch.nn.Module, str]:
     import timm
 
     import linglo  # noqa: F401  registers the LinGlo family with timm
-    from linglo.tasks.model_names import check_model_name
+    from linglo.models.names import check_model_name
 
     state = None
     name, num_classes = cfg.model, cfg.num_classes

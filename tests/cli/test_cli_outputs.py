@@ -161,7 +161,7 @@ def test_help_says_a_seed_repeats_a_run_whatever_workers_is(capsys):
 
 def test_written_line_counts_the_pictures_drawn(trained, tiny_folder_session, tmp_path, monkeypatch, capsys):
     """predict detect/segment draw a picture per image (records' "drawn"/"mask"): the last line says so."""
-    from linglo.tasks.classify import ClassifyTask
+    from linglo.tasks.classify.task import ClassifyTask
     real = ClassifyTask.predict
 
     def drawing(self, model, files, device, out_dir):

@@ -18,7 +18,7 @@ from linglo.cli.main import main
 from linglo.engine import trainer
 from linglo.engine.checkpoint import load_checkpoint
 from linglo.errors import LingloError
-from linglo.tasks.classify import ClassifyTask
+from linglo.tasks.classify.task import ClassifyTask
 
 TINY = ["--model", "test_convnext", "--img-size", "32", "--batch-size", "8", "--workers", "0", "--no-ema"]
 CFG = dict(model="test_convnext", img_size=32, batch_size=8, workers=0, ema=False, warmup_epochs=0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from linglo.errors import LingloError
-from linglo.tasks.model_names import split_top_level
+from linglo.models.names import split_top_level
 
 COMMANDS = ("bench", "export")
 

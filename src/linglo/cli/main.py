@@ -53,7 +53,7 @@ def _command_parser(sub, command: str, task: str, help_text: str) -> argparse.Ar
     if command in ("eval", "predict"):   # every setting but --topk comes from the checkpoint's config
         d = {k: v if k == "topk" else "the checkpoint's" for k, v in d.items()}
     if command == "demo":   # show the demo's own recipe, not the ImageNet one
-        from linglo.tasks.classify import DEMO_CONFIG
+        from linglo.tasks.classify.task import DEMO_CONFIG
         d = {**d, **{k.replace("-", "_"): v for k, v in DEMO_CONFIG.items()}}
     add_run_args(p, command, d)
     TASK_ARGS[task](p, command, d)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Mapping
 
-from linglo.tasks.model_names import parse_kwargs
+from linglo.models.names import parse_kwargs
 
 S = argparse.SUPPRESS
 

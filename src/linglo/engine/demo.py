@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from linglo.engine.trainer import train
-from linglo.tasks.classify import DEMO_CONFIG
+from linglo.tasks.classify.task import DEMO_CONFIG
 
 
 def free_run_dir(base: str = "runs/demo") -> str:

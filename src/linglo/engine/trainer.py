@@ -39,7 +39,7 @@ from linglo.engine.records import scalars, write_metrics_csv, write_summary
 from linglo.engine.run_dir import RunDir
 from linglo.errors import LingloError
 from linglo.tasks import Task, get_task
-from linglo.tasks.image_folder import expand_inputs
+from linglo.tasks.images import expand_inputs
 
 EPS_OPTIMIZERS = ("adamw", "adam", "lamb")
 
@@ -379,7 +379,7 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
     for epoch in range(start, cfg["epochs"]):
         t0 = time.perf_counter()
         train_loader.sampler.set_epoch(epoch)
-        if hasattr(train_ds, "set_epoch"):   # per-item augmentation streams (tasks.image_folder.EpochSeeded)
+        if hasattr(train_ds, "set_epoch"):   # per-item augmentation streams (tasks.images.EpochSeeded)
             train_ds.set_epoch(epoch)
         train_loss, step, rate = _train_epoch(task, ddp, model, train_loader, optimizer, scheduler, scaler, ema,
                                               cfg, ctx, amp, epoch, step, console)

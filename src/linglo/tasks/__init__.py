@@ -11,9 +11,9 @@ from linglo.extras import EXTRAS, missing
 from linglo.tasks.base import Batch, Task
 
 TASKS: dict[str, str] = {
-    "classify": "linglo.tasks.classify:ClassifyTask",
-    "detect": "linglo.tasks.detect:DetectTask",
-    "segment": "linglo.tasks.segment:SegmentTask",
+    "classify": "linglo.tasks.classify.task:ClassifyTask",
+    "detect": "linglo.tasks.detect.task:DetectTask",
+    "segment": "linglo.tasks.segment.task:SegmentTask",
 }
 
 

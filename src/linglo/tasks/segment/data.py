@@ -25,8 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from linglo.errors import LingloError
-from linglo.tasks.coco import read_image
-from linglo.tasks.image_folder import UNREADABLE, EpochSeeded, oriented_size
+from linglo.tasks.images import UNREADABLE, EpochSeeded, oriented_size, read_image
 
 IGNORE = 255
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

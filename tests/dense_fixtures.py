@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data"   # shared/ sits beside the checkout
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"   # shared/ sits beside the checkout
 COCO = DATA / "coco128"
 COCO_ANN = COCO / "annotations" / "instances_train2017.json"
 SEMSEG = DATA / "coco128_semseg"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from linglo.tasks.seg_data import IGNORE
+from linglo.tasks.segment.data import IGNORE
 
 
 class ConfusionMatrix:

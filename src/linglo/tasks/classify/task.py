@@ -11,7 +11,7 @@ erasing 0.25, colour jitter 0.3), Mixup 0.8 / CutMix 1.0 with label smoothing 0.
 model. Mean, std, eval crop_pct and interpolation are the model's pretrained_cfg (timm.data.resolve_data_config;
 LinGlo: ImageNet mean/std, crop 0.9, bicubic), each overridden only by its flag when given. Without RandAugment
 (--aa none) the images are decoded once into memory and batches are augmented as tensors on the training device
-(tasks.decoded; --data-cache).
+(tasks.classify.decoded; --data-cache).
 """
 from __future__ import annotations
 
@@ -30,10 +30,11 @@ from torch import nn
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.decoded import BatchAugment, DecodedImages, batch_key, keyed_rng, physical_memory, train_side
-from linglo.tasks.image_folder import UNREADABLE, CheckedImageFolder, collate_readable, load_rgb, split_dir
-from linglo.tasks.model_names import check_model_name, create_model
-from linglo.tasks.posterize_guard import guard_posterize
+from linglo.tasks.classify.data import CheckedImageFolder, collate_readable, split_dir
+from linglo.tasks.classify.decoded import BatchAugment, DecodedImages, batch_key, physical_memory, train_side
+from linglo.tasks.images import UNREADABLE, keyed_rng, load_rgb
+from linglo.models.names import check_model_name, create_model
+from linglo.tasks.classify.posterize_guard import guard_posterize
 
 BUILTIN_DATASETS = {"default": "assets/default_dataset"}
 CLASS_NAMES_FILE = "classes.txt"
@@ -270,7 +271,7 @@ class ClassifyTask(Task):
         }
 
     def eval_report(self, metrics: Mapping[str, Any], out_dir: Path | None) -> list[Any]:
-        from linglo.tasks.classify_report import confusion_figure, per_class_table
+        from linglo.tasks.classify.report import confusion_figure, per_class_table
         if out_dir is not None:
             confusion_figure(metrics, out_dir / "confusion_matrix.png")
         return [per_class_table(metrics)]
@@ -299,7 +300,7 @@ class ClassifyTask(Task):
         return results
 
     def predict_report(self, predictions: Sequence[Mapping[str, Any]]) -> list[Any]:
-        from linglo.tasks.classify_report import predictions_table
+        from linglo.tasks.classify.report import predictions_table
         return [predictions_table(predictions)]
 
     def describe(self) -> dict[str, Any]:

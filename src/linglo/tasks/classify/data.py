@@ -1,5 +1,5 @@
-"""Reading images (load_rgb, for every task), ImageFolder data (`ROOT/{train,val}/<class>/<image>`) with clear errors
-and unreadable files skipped, and per-item random streams for augmentation.
+"""Classification data: ImageFolder (`ROOT/{train,val}/<class>/<image>`) with clear errors and unreadable files
+skipped.
 
 Unreadable images (not an image, empty, corrupt header, a JPEG or PNG cut short) are found when the folder is
 scanned and skipped with a count (reported in the log and summary.json). An image whose data turns out to be
@@ -13,57 +13,19 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, ContextManager, NamedTuple
+from typing import Callable, NamedTuple
 
-import numpy as np
-import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import Image
 from torch.utils.data import default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from linglo.errors import LingloError
-from linglo.tasks.decoded import keyed_rng
+from linglo.tasks.images import UNREADABLE, EpochSeeded, is_image_name, load_rgb
 
 SPLIT_DIRS = {"train": ("train",), "val": ("val", "validation")}
 LAYOUT = "expected ROOT/train/<class>/<image> and ROOT/val/<class>/<image>"
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)   # what PIL raises on a bad file
 END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}   # how a complete file of the format ends
-TRANSPOSED = (5, 6, 7, 8)   # EXIF orientations that swap width and height
-
-
-def load_rgb(path: str | os.PathLike, draft: int | None = None) -> Image.Image:
-    """The image in `path` as RGB, the way viewers show it: EXIF orientation applied, 16-bit grey (mode I;16 / I)
-    scaled to 8 bits (value >> 8) rather than clipped. `draft`: a JPEG is decoded at the smallest DCT scale that is
-    still at least draft×draft (fast). Raises what PIL raises for an unreadable file (UNREADABLE)."""
-    with Image.open(path) as im:
-        if draft is not None:
-            im.draft("RGB", (draft, draft))
-        im.load()
-        ImageOps.exif_transpose(im, in_place=True)
-        if im.mode == "I" or im.mode.startswith("I;16"):
-            im = Image.fromarray((np.asarray(im).clip(0, 65535) >> 8).astype(np.uint8))   # H×W, mode L
-        return im.convert("RGB")
-
-
-def oriented_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) of an opened image as load_rgb returns it, from the header (EXIF orientation 5-8 swaps)."""
-    return im.size[::-1] if im.getexif().get(ExifTags.Base.Orientation) in TRANSPOSED else im.size
-
-
-class EpochSeeded:
-    """Dataset mixin: item i of epoch e augments with item_rng(seed, e, i). The engine calls set_epoch() before
-    each training epoch, so results depend on the seed alone, not on --workers or on a resume."""
-    seed: int = 0
-    epoch: int = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def item_rng(self, index: int) -> ContextManager[None]:
-        """Python's, NumPy's and torch's CPU random draws inside come from (seed, epoch, index), in the main process
-        (--workers 0) as in any DataLoader worker; the caller's streams are left as they were."""
-        return keyed_rng(hash((self.seed, self.epoch, index)) & (2**63 - 1), torch.device("cpu"))
 
 
 def split_dir(root: Path, split: str) -> Path:
@@ -74,10 +36,6 @@ def split_dir(root: Path, split: str) -> Path:
         if (root / name).is_dir():
             return root / name
     raise LingloError(f"dataset folder '{root}' has no {SPLIT_DIRS[split][0]}/ folder ({LAYOUT})")
-
-
-def is_image_name(path: str | Path) -> bool:
-    return str(path).lower().endswith(IMG_EXTENSIONS)
 
 
 def _opens(path: str) -> bool:
@@ -170,22 +128,3 @@ class CheckedImageFolder(EpochSeeded, ImageFolder):
             with self.item_rng(index):
                 return (self.transform(img) if self.transform else img), target
         raise LingloError(f"no image in '{self.root}' can be decoded")
-
-
-def expand_inputs(inputs: list[str] | tuple[str, ...]) -> list[Path]:
-    """Image files from files and folders (folders searched recursively, sorted)."""
-    files: list[Path] = []
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and is_image_name(p))
-            if not found:
-                raise LingloError(f"folder '{path}' has no images (looked for {', '.join(IMG_EXTENSIONS)})")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise LingloError(f"input '{item}' does not exist")
-    if not files:
-        raise LingloError("no input images given")
-    return files

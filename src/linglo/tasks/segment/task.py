@@ -20,11 +20,11 @@ from torchvision.transforms import v2
 
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.coco import predict_each
-from linglo.tasks.layouts import backbone_weights, seg_classes_file, seg_paths
-from linglo.tasks.seg_data import IGNORE, LabelMap, SegmentationFolder
-from linglo.tasks.seg_heads import AUX_WEIGHT, HEADS, SegmentationModel
-from linglo.tasks.seg_metrics import ConfusionMatrix
+from linglo.tasks.dense.layouts import backbone_weights, seg_classes_file, seg_paths
+from linglo.tasks.images import predict_each
+from linglo.tasks.segment.data import IGNORE, LabelMap, SegmentationFolder
+from linglo.tasks.segment.heads import AUX_WEIGHT, HEADS, SegmentationModel
+from linglo.tasks.segment.metrics import ConfusionMatrix
 
 EVAL_MODES = ("whole", "slide")
 
@@ -188,7 +188,7 @@ class SegmentTask(Task):
     # ---- prediction ---------------------------------------------------------------------------
     def predict(self, model: nn.Module, files: Sequence[Path], device: torch.device,
                 out_dir: Path | None) -> list[dict[str, Any]]:
-        from linglo.tasks.dense_draw import draw_segmentation, output_names, save_label_png
+        from linglo.tasks.dense.draw import draw_segmentation, output_names, save_label_png
         size = self.cfg["img_size"]
         resize = v2.Resize(size, max_size=4 * size, antialias=True)
         names, raw_ids = self.meta["class_names"], torch.tensor(self.meta["raw_ids"])

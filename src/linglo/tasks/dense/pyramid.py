@@ -29,7 +29,7 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from linglo.errors import LingloError
 from linglo.layers import apply_mask
-from linglo.tasks.model_names import check_model_name, create_model
+from linglo.models.names import check_model_name, create_model
 
 STRIDES = (4, 8, 16, 32)
 
@@ -170,7 +170,7 @@ class PyramidFPN(nn.Module):
     """Pyramid + torchvision FPN: an OrderedDict of `out_channels` maps ('0', '1', … + extras).
 
     The interface torchvision's detectors expect from a backbone (`out_channels`, dict output). With
-    `pixel_mask`, the input's last channel is the real-pixel mask (detectors.RealPixelTransform adds it) and the
+    `pixel_mask`, the input's last channel is the real-pixel mask (detect.models.RealPixelTransform adds it) and the
     other channels the image: the backbone gets the mask, and the FPN keeps padded tokens at zero at every level
     (before its 3×3 convs too), so the maps the heads read are, on each image's tokens, those it gets alone.
     """

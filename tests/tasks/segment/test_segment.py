@@ -16,11 +16,11 @@ from linglo import engine
 from linglo.cli.main import main
 from linglo.engine.config import resolve
 from linglo.errors import LingloError
-from linglo.tasks.layouts import seg_paths
-from linglo.tasks.seg_data import IGNORE, LabelMap, SegmentationFolder
-from linglo.tasks.seg_heads import SegmentationModel
-from linglo.tasks.seg_metrics import ConfusionMatrix
-from linglo.tasks.segment import SegmentTask, slide_logits
+from linglo.tasks.dense.layouts import seg_paths
+from linglo.tasks.segment.data import IGNORE, LabelMap, SegmentationFolder
+from linglo.tasks.segment.heads import SegmentationModel
+from linglo.tasks.segment.metrics import ConfusionMatrix
+from linglo.tasks.segment.task import SegmentTask, slide_logits
 
 
 def _pair(root, name: str, mask: np.ndarray, image_size=None):

@@ -14,8 +14,8 @@ from torch import nn
 from linglo.engine.config import resolve
 from linglo.errors import LingloError
 from linglo.tasks.base import Batch
-from linglo.tasks.classify import ClassifyTask
-from linglo.tasks.posterize_guard import guard_posterize, safe_posterize
+from linglo.tasks.classify.task import ClassifyTask
+from linglo.tasks.classify.posterize_guard import guard_posterize, safe_posterize
 
 
 def make_task(**overrides) -> ClassifyTask:

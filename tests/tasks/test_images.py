@@ -13,9 +13,10 @@ from torch import nn
 
 from linglo.cli.main import main
 from linglo.engine.checkpoint import load_checkpoint
-from linglo.tasks.coco import CocoDetection, read_image
-from linglo.tasks.image_folder import CheckedImageFolder
-from linglo.tasks.seg_data import LabelMap, SegmentationFolder
+from linglo.tasks.classify.data import CheckedImageFolder
+from linglo.tasks.detect.data import CocoDetection
+from linglo.tasks.images import read_image
+from linglo.tasks.segment.data import LabelMap, SegmentationFolder
 
 TINY = ["--model", "test_convnext", "--img-size", "32", "--batch-size", "4", "--epochs", "1"]
 
@@ -64,7 +65,7 @@ def test_exif_orientation_is_applied_in_classify_detect_and_segment(tmp_path):
 
 
 def test_classify_predict_sees_the_photo_upright(tmp_path):
-    from test_classify import make_task
+    from tasks.classify.test_classify import make_task
     shown = sideways_photo(tmp_path / "sideways.jpg")
     Image.fromarray(shown).save(tmp_path / "upright.jpg", quality=95)
     task = make_task(topk=2)

@@ -17,10 +17,10 @@ from linglo import engine
 from linglo.cli.main import main
 from linglo.engine.config import resolve
 from linglo.errors import LingloError
-from linglo.tasks.coco import CocoDetection, collate
-from linglo.tasks.detect import DetectTask
-from linglo.tasks.detectors import build_detector
-from linglo.tasks.pyramid import Pyramid
+from linglo.tasks.detect.data import CocoDetection, collate
+from linglo.tasks.detect.task import DetectTask
+from linglo.tasks.detect.models import build_detector
+from linglo.tasks.dense.pyramid import Pyramid
 
 SMALL = ["--img-size", "64", "--max-size", "96", "--workers", "0"]
 
@@ -139,7 +139,7 @@ def test_pyramid_loads_backbone_weights_and_refuses_another_models(tmp_path):
 
 
 TINY_LINGLO = dict(widths=(16, 32, 32, 64), depths=(2, 2, 2, 2), head_dim=16, ls_init_value=1.0)
-OLD_CLASSIFIER = Path(__file__).resolve().parents[1] / "data" / "classify_f274e1b.pt"   # see tests/models
+OLD_CLASSIFIER = Path(__file__).resolve().parents[2] / "data" / "classify_f274e1b.pt"   # see tests/models
 OLD_KWARGS = ["widths=(8,16,16,32)", "depths=(2,2,2,2)", "head_dim=8", "window=3", "ls_init=0.5"]
 
 

@@ -9,7 +9,7 @@ import torch
 from dense_fixtures import coco_json
 from pycocotools import mask as mask_utils
 
-from linglo.tasks.coco_eval import METRICS, coco_evaluate, to_coco_results
+from linglo.tasks.detect.metrics import METRICS, coco_evaluate, to_coco_results
 
 
 def _fixed_predictions(gt: dict, seed: int = 0) -> list[dict]:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import Conv2dNormActivation, FeaturePyramidNetwork
 
-from linglo.tasks.pyramid import Pyramid
+from linglo.tasks.dense.pyramid import Pyramid
 
 HEADS = ("fpn", "upernet")
 AUX_WEIGHT = 0.4  # UPerNet auxiliary loss weight (mmsegmentation's recipe)

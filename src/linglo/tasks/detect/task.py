@@ -16,10 +16,11 @@ from torch import nn
 from linglo.errors import LingloError
 from linglo.extras import require
 from linglo.tasks.base import Batch, Task
-from linglo.tasks.coco import CocoDetection, collate, predict_each
-from linglo.tasks.coco_eval import coco_evaluate, to_coco_results
-from linglo.tasks.detectors import ARCHS, build_detector
-from linglo.tasks.layouts import backbone_weights, coco_paths
+from linglo.tasks.dense.layouts import backbone_weights, coco_paths
+from linglo.tasks.detect.data import CocoDetection, collate
+from linglo.tasks.detect.metrics import coco_evaluate, to_coco_results
+from linglo.tasks.detect.models import ARCHS, build_detector
+from linglo.tasks.images import predict_each
 
 EVAL_SCORE_THRESH = 0.05  # detections kept for COCO AP (torchvision's / detectron2's test threshold)
 TRAINABLE_STAGES = 3      # backbone stages trained on top of loaded weights (torchvision's trainable_layers=3)
@@ -123,7 +124,7 @@ class DetectTask(Task):
     # ---- prediction ---------------------------------------------------------------------------
     def predict(self, model: nn.Module, files: Sequence[Path], device: torch.device,
                 out_dir: Path | None) -> list[dict[str, Any]]:
-        from linglo.tasks.dense_draw import draw_detections, output_names
+        from linglo.tasks.dense.draw import draw_detections, output_names
         names = self.meta["class_names"]
         drawn = dict(zip(files, output_names(files)))
 

@@ -2,7 +2,7 @@
 import pytest
 
 from linglo.errors import LingloError
-from linglo.tasks.model_names import check_model_name, parse_kwargs, split_model_spec, split_top_level
+from linglo.models.names import check_model_name, parse_kwargs, split_model_spec, split_top_level
 
 
 def test_parse_kwargs_reads_python_literals_else_strings():
@@ -45,7 +45,7 @@ def test_unknown_name_suggests_close_ones():
 def test_create_model_leaves_out_recipe_arguments_the_model_does_not_take(capsys):
     """EfficientViT-B has no drop_path_rate: the recipe's drop path is left out with a warning, not a crash;
     an argument that is not optional still fails."""
-    from linglo.tasks.model_names import create_model
+    from linglo.models.names import create_model
     model = create_model("efficientvit_b0", {"drop_path_rate": 0.1}, num_classes=3)
     assert model.num_classes == 3
     assert "takes no 'drop_path_rate'" in capsys.readouterr().out

@@ -26,7 +26,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from linglo.tasks.pyramid import Pyramid, PyramidFPN
+from linglo.tasks.dense.pyramid import Pyramid, PyramidFPN
 
 ARCHS = ("retinanet", "maskrcnn")
 

@@ -10,7 +10,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from linglo.tasks.decoded import BatchAugment, DecodedImages, batch_key, keyed_rng, rrc_boxes, train_side
+from linglo.tasks.classify.decoded import BatchAugment, DecodedImages, batch_key, rrc_boxes, train_side
+from linglo.tasks.images import keyed_rng
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 

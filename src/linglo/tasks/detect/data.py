@@ -5,8 +5,8 @@ negatives in training and count in evaluation). Category ids map to contiguous l
 (0 is torchvision's background). Bad annotations are fixed where that is unambiguous (boxes
 clipped to the image, empty boxes dropped, both counted and logged) and refused otherwise (e.g.
 NaN or Infinity, which json allows; an RLE of another size than its image), with the json file and
-annotation named. Images are read with load_rgb (EXIF orientation applied, as annotation tools show
-them). predict_each runs a dense model over image files, one record per file.
+annotation named. Images are read with tasks.images.read_image (EXIF orientation applied, as annotation tools
+show them).
 """
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import os
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from linglo.errors import LingloError
-from linglo.tasks.image_folder import UNREADABLE, EpochSeeded, load_rgb
+from linglo.tasks.images import EpochSeeded, read_image
 
 
 def load_coco_json(ann_file: str | os.PathLike) -> dict:
@@ -44,34 +43,6 @@ def load_coco_json(ann_file: str | os.PathLike) -> dict:
     if not data["categories"]:
         raise LingloError(f"{path}: 'categories' is empty")
     return data
-
-
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """RGB uint8 3×H×W as load_rgb reads it (EXIF orientation applied); a LingloError naming the file when it
-    cannot be decoded."""
-    try:
-        return torch.from_numpy(np.asarray(load_rgb(path)).copy()).permute(2, 0, 1)
-    except UNREADABLE as e:
-        raise LingloError(f"cannot read image {path}: {e}") from e
-
-
-def predict_each(files: Sequence[Path], predict_one: Callable[[Path, torch.Tensor], dict]) -> list[dict]:
-    """One record per file: predict_one(path, 3×H×W uint8 image), or {"file", "error"} when the file cannot be read
-    or predicted (e.g. a 10000×20 image whose feature maps shrink to nothing), so one bad file never stops a folder."""
-    results = []
-    for path in files:
-        try:
-            image = read_image(path)
-        except LingloError as e:
-            results.append({"file": str(path), "error": str(e)})
-            continue
-        try:
-            results.append(predict_one(path, image))
-        except (RuntimeError, ValueError) as e:
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            results.append({"file": str(path), "error": f"cannot predict this {image.shape[-1]}x{image.shape[-2]} "
-                                                        f"image: {type(e).__name__}: {first}"})
-    return results
 
 
 def _check_finite(where: str, field: str, values: list) -> None:

@@ -16,22 +16,19 @@ float) and augmented there by BatchAugment: one roi_align call crops and resizes
 area sampling when it shrinks (antialiased, like PIL) and bilinear when it enlarges.
 
 Each batch's random draws (crops, flips, jitter, erasing, mixup) come from its own key, the run's seed and the
-batch's sample indices (keyed_rng): the same images get the same augmentation whatever the model draws from the
-global streams (arms of a study share their augmentation, not only their data order), the number of loader
-workers, or an interruption and resume.
+batch's sample indices (tasks.images.keyed_rng): the same images get the same augmentation whatever the model
+draws from the global streams (arms of a study share their augmentation, not only their data order), the number of
+loader workers, or an interruption and resume.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import random
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from timm.data.random_erasing import RandomErasing
@@ -39,7 +36,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.ops import roi_align
 
-__all__ = ["DecodedImages", "BatchAugment", "rrc_boxes", "batch_key", "keyed_rng", "train_side", "physical_memory"]
+__all__ = ["DecodedImages", "BatchAugment", "rrc_boxes", "batch_key", "train_side", "physical_memory"]
 
 RATIO = (3 / 4, 4 / 3)    # random-resized-crop aspect range (timm / torchvision default)
 TRAIN_SIDE_FACTOR = 1.25  # the train cache keeps squares of 1.25 × the crop size to sample crops from
@@ -108,25 +105,6 @@ def batch_key(seed: int, indices: Tensor) -> int:
     """A 63-bit generator seed for one batch, from the run's seed and the batch's sample indices (ints hash the
     same in every process, whatever PYTHONHASHSEED says)."""
     return hash((seed, *indices.tolist())) & (2**63 - 1)
-
-
-@contextlib.contextmanager
-def keyed_rng(key: int, device: torch.device) -> Iterator[None]:
-    """Inside: Python's, NumPy's and torch's random draws (CPU, and `device` when it is a GPU) all come from `key`.
-    Outside, every global stream continues as if the block had drawn nothing."""
-    py_state, np_state = random.getstate(), np.random.get_state()
-    gpu = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=gpu, device_type=device.type if gpu else "cuda"):
-        random.seed(key)
-        np.random.seed(key % 2**32)
-        torch.default_generator.manual_seed(key)
-        if gpu:
-            torch.cuda.manual_seed(key)   # this process's current GPU, restored by fork_rng
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
 
 
 def rrc_boxes(n: int, height: int, width: int, scale: Sequence[float], ratio: Sequence[float] = RATIO,
