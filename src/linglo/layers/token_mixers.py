@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops import key_only_attention, use_fused_kernels
+from ..ops import key_only_attention, position_kernels, use_fused_kernels
 
 __all__ = ["KeyOnlyAttention", "SoftmaxAttention", "LinearAttention", "SeparableAttention", "IdentityMixer",
            "TOKEN_MIXERS", "create_token_mixer", "apply_mask"]
@@ -89,6 +89,32 @@ class KeyOnlyAttention(nn.Module):
         # with no window every key has the same r: r_inf would be a constant shift, so it only exists beside a window
         self.r_inf = (nn.Parameter(torch.full((self.heads,), r_inf_init, **dd)) if global_term and window
                       else None)
+        # e^{r − M} kernels computed once by fuse() (inference); None: the op computes them every call
+        self.register_buffer("pos_kernel", None, persistent=False)
+        self.register_buffer("pos_ky", None, persistent=False)
+        self.register_buffer("pos_kx", None, persistent=False)
+        self.register_buffer("pos_glob", None, persistent=False)
+        self.position_fused = False
+
+    @torch.no_grad()
+    def fuse(self) -> "KeyOnlyAttention":
+        """For inference (timm's reparameterize convention): compute the op's exponentiated position kernels once
+        from rel_bias / bias_y, bias_x / r_inf, instead of every call. Same outputs; stale if those parameters
+        change afterwards, so fuse a trained model, not one still training. Returns self."""
+        axial_bias = None if self.bias_y is None else (self.bias_y, self.bias_x)
+        weight = self.proj_out.weight
+        acc = torch.promote_types(weight.dtype, torch.float32)
+        kernel, axial, glob = position_kernels(self.rel_bias, axial_bias, self.r_inf, self.heads, acc, weight.device)
+        self.pos_kernel, self.pos_glob = kernel, glob
+        self.pos_ky, self.pos_kx = (None, None) if axial is None else axial
+        self.position_fused = True
+        return self
+
+    def _position(self):
+        """The kernels fuse() computed, in the op's `position` form; None before fuse()."""
+        if not self.position_fused:
+            return None
+        return self.pos_kernel, None if self.pos_ky is None else (self.pos_ky, self.pos_kx), self.pos_glob
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         c = x.shape[1]
@@ -100,7 +126,8 @@ class KeyOnlyAttention(nn.Module):
         v = v_map.unflatten(1, (self.heads, self.head_dim))            # (B, h, d, H, W)
         axial_bias = None if self.bias_y is None else (self.bias_y, self.bias_x)
         out = key_only_attention(v, s / math.sqrt(self.head_dim), self.rel_bias, self.r_inf, mask,
-                                 axial_bias=axial_bias, gate=self.gate, fused=self.fused_attn)   # (B, h, d, H, W)
+                                 axial_bias=axial_bias, gate=self.gate, fused=self.fused_attn,
+                                 position=self._position())                                     # (B, h, d, H, W)
         out = out.flatten(1, 2)                                            # (B, C, H, W)
         if self.value_conv is not None:
             out = out + self.value_conv(apply_mask(v_map, mask))

@@ -13,6 +13,7 @@ image gets exactly the features it gets alone.
 """
 from __future__ import annotations
 
+import copy
 import zlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,9 +27,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import TOKEN_MIXERS, BandedConvMlp, apply_mask, create_token_mixer
+from ..layers.fuse import fold_norm_after_conv, fold_norm_before_conv, fold_scale_after_conv
 
 __all__ = ["LinGlo", "LinGloStage", "AttentionBlock", "ConvBlock", "Downsample", "Stem", "FAMILY", "LAYOUTS",
-           "block_kinds", "checkpoint_filter_fn"]
+           "block_kinds", "checkpoint_filter_fn", "fuse"]
 
 LAYOUTS = ("alternate", "graft")
 POSITION_BIASES = ("rel_bias", "bias_y", "bias_x", "r_inf")   # positional parameters of the key-only mixer
@@ -44,6 +46,17 @@ def _factory(device, dtype) -> dict[str, Any]:
 def _downsample_mask(mask: Tensor | None, factor: int) -> Tensor | None:
     """Real-token mask at a coarser stride: a token is real when its centre pixel is (3×3 s2 convs, pad 1)."""
     return None if mask is None else mask[:, ::factor, ::factor]
+
+
+def _fold(owner: nn.Module, name: str, folded: bool) -> None:
+    """Replace owner.<name> (a norm or layer scale just folded into a conv) by nn.Identity."""
+    if folded:
+        setattr(owner, name, nn.Identity())
+
+
+def _mixer_conv(mixer: nn.Module, names: Sequence[str]) -> nn.Conv2d | None:
+    """The mixer's first (input) or last (output) 1×1 conv by name, or None (IdentityMixer has neither)."""
+    return next((getattr(mixer, n) for n in names if isinstance(getattr(mixer, n, None), nn.Conv2d)), None)
 
 
 def _residual_branch(dim: int, ls_init_value: float | None, drop_path: float,
@@ -73,6 +86,12 @@ class Stem(nn.Module):
         self.conv2 = nn.Conv2d(out_chs // 2, out_chs, 3, stride=2, padding=1, **dd)
         self.norm2 = norm_layer(out_chs, **dd)
 
+    def fuse(self) -> "Stem":
+        """Inference (timm's reparameterize convention): each BatchNorm folded into its conv; returns self."""
+        _fold(self, "norm1", fold_norm_after_conv(self.conv1, self.norm1))
+        _fold(self, "norm2", fold_norm_after_conv(self.conv2, self.norm2))
+        return self
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """mask: (B, H, W) real pixels; padded pixels act as zero padding at every conv."""
         half = _downsample_mask(mask, 2)
@@ -88,6 +107,11 @@ class Downsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_chs, out_chs, 3, stride=2, padding=1, **dd)
         self.norm = norm_layer(out_chs, **dd)
+
+    def fuse(self) -> "Downsample":
+        """Inference: the BatchNorm folded into the conv; returns self."""
+        _fold(self, "norm", fold_norm_after_conv(self.conv, self.norm))
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.conv(x))                                    # (B, C_out, ceil(H/2), ceil(W/2))
@@ -115,6 +139,13 @@ class ConvBlock(nn.Module):
         self.norm = norm_layer(dim, **dd)
         self.mlp = BandedConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, **dd)
         self.ls, self.drop_path = _residual_branch(dim, ls_init_value, drop_path, dd)
+
+    def fuse(self) -> "ConvBlock":
+        """Inference: the BatchNorm folded into the depthwise conv, the layer scale into the MLP's last conv;
+        returns self."""
+        _fold(self, "norm", fold_norm_after_conv(self.conv_dw, self.norm))
+        _fold(self, "ls", fold_scale_after_conv(self.mlp.fc2, self.ls))
+        return self
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.drop_path(self.ls(self.mlp(self.norm(self.conv_dw(x)))))   # (B, C, H, W)
@@ -160,6 +191,19 @@ class AttentionBlock(nn.Module):
         self.norm2 = norm_layer(dim, **dd)
         self.mlp = BandedConvMlp(dim, int(dim * mlp_ratio), act_layer=act_layer, **dd)
         self.ls2, self.drop_path2 = _residual_branch(dim, ls_init_value, drop_path, dd)
+
+    def fuse(self) -> "AttentionBlock":
+        """Inference: each BatchNorm folded into the 1×1 conv it feeds (the mixer's input projection, the MLP's
+        first conv), each layer scale into the conv before it (the mixer's output projection, the MLP's last conv).
+        A mixer without such convs (token_mixer="none") keeps its norm and scale. Returns self."""
+        first, last = _mixer_conv(self.mixer, ("proj_in", "qkv")), _mixer_conv(self.mixer, ("proj_out",))
+        if first is not None:
+            _fold(self, "norm1", fold_norm_before_conv(self.norm1, first))
+        if last is not None:
+            _fold(self, "ls1", fold_scale_after_conv(last, self.ls1))
+        _fold(self, "norm2", fold_norm_before_conv(self.norm2, self.mlp.fc1))
+        _fold(self, "ls2", fold_scale_after_conv(self.mlp.fc2, self.ls2))
+        return self
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = apply_mask(x + self.cpe(x), mask)                                              # (B, C, H, W)
@@ -382,6 +426,21 @@ class LinGlo(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """`model` ready for inference, folded: every BatchNorm into the conv next to it, every layer scale into the
+    conv before it, and the key-only op's exponentiated position kernels computed once. Same outputs (to float
+    rounding) as model.eval(), with or without a mask, at any input size; no more training afterwards.
+
+    timm's reparameterize convention: the LinGlo modules have fuse() methods and this is
+    timm.utils.reparameterize_model followed by eval(), so it works on any model containing LinGlo parts (a
+    features_only backbone, a detector) and on timm models with their own fuse()/reparameterize() (RepViT,
+    FastViT, MobileOne). Idempotent. inplace=False (timm's default) works on a deep copy.
+    """
+    from timm.utils import reparameterize_model
+    model = model if inplace else copy.deepcopy(model)
+    return reparameterize_model(model.eval(), inplace=True).eval()
 
 
 # ---- weights from a file ----------------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["key_only_attention", "key_only_attention_reference", "positional_mix", "use_fused_kernels",
-           "eager_plain"]
+__all__ = ["key_only_attention", "key_only_attention_reference", "positional_mix", "position_kernels",
+           "use_fused_kernels", "eager_plain"]
 
 FUSED_ENV = "LINGLO_FUSED"   # "1": modules built afterwards run the fused Triton kernels on CUDA (use_fused_kernels)
 AXIAL_AS_SQUARE_MAX_K = 11   # axial windows up to this k run as one k×k conv (faster than four 1-D passes)
@@ -43,7 +43,9 @@ def use_fused_kernels() -> bool:
 
 def key_only_attention(v: Tensor, s: Tensor, rel_bias: Tensor | None = None, r_inf: Tensor | None = None,
                        mask: Tensor | None = None, *, axial_bias: tuple[Tensor, Tensor] | None = None,
-                       gate: str = "softmax", fused: bool = False) -> Tensor:
+                       gate: str = "softmax", fused: bool = False,
+                       position: tuple[Tensor | None, tuple[Tensor, Tensor] | None, Tensor | None] | None = None
+                       ) -> Tensor:
     """Key-only attention: each query mixes the values with weights that come from the keys' saliency alone,
 
         a_ij = exp(s_j + r(j − i)) / Σ_j' exp(s_j' + r(j' − i)),      out_i = Σ_j a_ij v_j = num_i / den_i,
@@ -63,6 +65,9 @@ def key_only_attention(v: Tensor, s: Tensor, rel_bias: Tensor | None = None, r_i
         gate: "softmax" (above), or "sigmoid": weights σ(s_j)·e^{r(j−i)}, normalised by Σ_j e^{r(j−i)} alone.
         fused: on CUDA (fp32/fp16/bf16, softmax gate, a window, eager, triton installed), run the fused Triton
             kernels (key_only_triton); elsewhere the torch ops.
+        position: the kernels position_kernels(rel_bias, axial_bias, r_inf, ...) returns, computed once ahead
+            (KeyOnlyAttention.fuse, for inference): used when their dtype is the one the op computes in, else
+            recomputed; must match rel_bias / axial_bias / r_inf (which the small-map path still reads).
 
     Returns:
         (B, h, d, H, W) in v's dtype, computed in fp32 after subtracting the per-head maxima of s and of r
@@ -75,7 +80,9 @@ def key_only_attention(v: Tensor, s: Tensor, rel_bias: Tensor | None = None, r_i
         square = rel_bias if rel_bias is not None else axial_bias[0][:, :, None] + axial_bias[1][:, None, :]
         return _attend_dense(v, s, square, r_inf, mask)
     acc = torch.promote_types(v.dtype, torch.float32)   # fp32 accumulation; float64 stays float64
-    kernel, axial, glob = _position_kernels(rel_bias, axial_bias, r_inf, v.shape[1], acc, v.device)
+    if position is None or _position_dtype(position) != acc:
+        position = position_kernels(rel_bias, axial_bias, r_inf, v.shape[1], acc, v.device)
+    kernel, axial, glob = position
     kernels = _fused_kernels(v) if fused and gate == "softmax" and windowed else None
     if kernels is not None:   # the fused kernel takes the k×k kernel (an axial one as its outer product)
         square = kernel if kernel is not None else axial[0][:, :, None] * axial[1][:, None, :]
@@ -258,7 +265,13 @@ def _global_scale(bias_max: Tensor, r_inf: Tensor | None) -> tuple[Tensor, Tenso
     return peak, torch.exp(r_inf.to(bias_max.dtype) - peak)
 
 
-def _position_kernels(rel_bias: Tensor | None, axial_bias: tuple[Tensor, Tensor] | None, r_inf: Tensor | None,
+def _position_dtype(position) -> torch.dtype:
+    """The dtype of precomputed position kernels (their glob, or their window kernel when there is no glob)."""
+    kernel, axial, glob = position
+    return next(t for t in (glob, kernel, None if axial is None else axial[0]) if t is not None).dtype
+
+
+def position_kernels(rel_bias: Tensor | None, axial_bias: tuple[Tensor, Tensor] | None, r_inf: Tensor | None,
                       heads: int, acc: torch.dtype, device: torch.device):
     """e^{r − M} as positional_mix takes it, M the per-head max of r (so every factor is at most 1):
     (kernel (h, k, k) or None, axial ((h, ky), (h, kx)) or None, glob (h,) = e^{r_inf − M} or None)."""
