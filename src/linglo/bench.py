@@ -65,6 +65,7 @@ class BenchConfig:
     memory: bool = True
     compile: bool = False
     channels_last: bool = False
+    fuse: bool = True                    # fold every model for inference (timm's reparameterize_model; linglo.fuse)
     allocator: str = "reuse"             # "reuse": keep freed CPU memory for reuse (linglo.cpu_allocator); "system"
     skip_unsupported: bool = False       # resolutions a model can't take become notes instead of an error
     output: Path | None = None           # folder for bench.csv, bench.png, ratios.csv
@@ -224,7 +225,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     """Measure every (model, resolution); returns (rows, environment). See the module docstring."""
     import timm
 
-    from linglo.models import count_gmacs
+    from linglo.models import count_gmacs, fuse
     from linglo.models.names import split_model_spec
 
     _check(cfg)
@@ -238,7 +239,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
     if cfg.allocator == "system" and allocator_state() == "reuse":
         log("note: this process already keeps freed memory for reuse (it cannot be undone), so this run measures "
             "allocator=reuse; run --allocator system in a fresh process")
-    env = {**environment(device, cfg.dtype, cfg.compile, cfg.channels_last), "warm_visits": cfg.warm_visits}
+    env = {**environment(device, cfg.dtype, cfg.compile, cfg.channels_last), "warm_visits": cfg.warm_visits,
+           "fused": cfg.fuse}
     log("bench on " + ", ".join(f"{k}={v}" for k, v in env.items()))
     amp = DTYPES[cfg.dtype]
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -263,7 +265,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[lis
             model = timm.create_model(base, pretrained=False, **{**cfg.extra, **kwargs})
         except (TypeError, ValueError) as e:
             raise LingloError(f"model '{name}' rejected its arguments: {e}") from None
-        model = model.eval().to(device, memory_format=fmt)
+        model = fuse(model, inplace=True) if cfg.fuse else model.eval()
+        model = model.to(device, memory_format=fmt)
         models[name] = model
         runners[name] = torch.compile(model) if cfg.compile else model
 
@@ -348,7 +351,7 @@ def peer_ratios(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 COLUMNS = ["model", "resolution", "params_m", "gmacs", "latency_ms", "latency_iqr_ms", "throughput_img_s",
            "throughput_batch", "peak_mem_mb", "latency_exponent", "memory_exponent", "note",
-           "device", "threads", "dtype", "torch", "compile", "channels_last", "allocator", "warm_visits"]
+           "device", "threads", "dtype", "torch", "compile", "channels_last", "allocator", "warm_visits", "fused"]
 
 
 def _fmt(v: Any) -> str:
@@ -400,6 +403,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, env: dict[str, Any]) -> Non
         loglog_axes(ax, "pixels (H·W)", label, legend_size=7)
     fig.suptitle(f"{env['device']} · {env['threads']} threads · {env['dtype']} · torch {env['torch']}"
                  + (" · compiled" if env["compile"] else "") + (" · channels_last" if env["channels_last"] else "")
+                 + ("" if env.get("fused", True) else " · unfused")
                  + (" · malloc reuse" if env.get("allocator") == "reuse" else ""),
                  fontsize=9)
     fig.tight_layout()

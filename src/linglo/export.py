@@ -39,6 +39,7 @@ class ExportConfig:
     opset: int = 18
     check_sizes: list[tuple[int, int]] | None = None   # None: default_check_sizes(size)
     check: bool = True
+    fuse: bool = True                      # fold for inference first (linglo.fuse)
     extra: dict[str, Any] = field(default_factory=dict)   # timm.create_model kwargs
 
 
@@ -103,7 +104,8 @@ def build_model(cfg: ExportConfig) -> tuple[torch.nn.Module, str]:
                 model = FeatureGetterNet(model, out_indices=cfg.out_indices or tuple(range(len(model.feature_info))))
     except (IndexError, AssertionError) as e:
         raise LingloError(f"--out-indices {list(cfg.out_indices or [])} do not fit {name}: {e}") from None
-    return model.eval(), name
+    from linglo.models import fuse
+    return fuse(model, inplace=True) if cfg.fuse else model.eval(), name
 
 
 def export_onnx(model: torch.nn.Module, path: Path, *, size: int = 224, opset: int = 18,

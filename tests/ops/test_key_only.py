@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from linglo.ops import key_only_attention, key_only_attention_reference
+from linglo.ops import key_only_attention, key_only_attention_reference, position_kernels
 
 pytestmark = pytest.mark.usefixtures("both_paths")   # window convolutions and dense matrix
 
@@ -188,3 +188,24 @@ def test_square_and_axial_window_together_raise():
     v, s, rb, ri = _inputs(1, 2, 3, 5, 6, 3)
     with pytest.raises(ValueError, match="not both"):
         key_only_attention(v, s, rb, ri, axial_bias=(rb[:, 0], rb[:, 0]))
+
+
+@pytest.mark.parametrize("axial", [False, True])
+def test_precomputed_position_kernels(both_paths, axial):
+    """`position` (position_kernels computed ahead, as KeyOnlyAttention.fuse stores them) gives the same output
+    as computing them in the call; the window path reads them (kernels of other biases change its output), the
+    dense path and a call in another dtype recompute them from the biases."""
+    v, s, rb, ri = _inputs(2, 2, 3, 12, 12, 5)
+    biases = dict(axial_bias=(rb[:, 2], rb[:, :, 1])) if axial else dict(rel_bias=rb)
+    other = dict(axial_bias=(rb[:, 0], rb[:, :, 0])) if axial else dict(rel_bias=rb.flip(-1))
+
+    def kernels(b, dtype):
+        return position_kernels(b.get("rel_bias"), b.get("axial_bias"), ri, 2, dtype, v.device)
+
+    out = key_only_attention(v, s, r_inf=ri, **biases)
+    torch.testing.assert_close(key_only_attention(v, s, r_inf=ri, position=kernels(biases, v.dtype), **biases),
+                               out, rtol=0, atol=0)
+    stale = key_only_attention(v, s, r_inf=ri, position=kernels(other, v.dtype), **biases)
+    assert torch.equal(stale, out) == (both_paths == "dense")
+    torch.testing.assert_close(key_only_attention(v, s, r_inf=ri, position=kernels(other, torch.float32), **biases),
+                               out, rtol=0, atol=0)

@@ -69,6 +69,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
     p.add_argument("--compile", action="store_true", help="torch.compile every model (warm-up includes compiling)")
     p.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
+    p.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="time the models as built. By default each is folded for inference as timm users deploy "
+                        "it: timm.utils.reparameterize_model (RepViT, FastViT, MobileOne, LeViT, ... fold their "
+                        "branches and BatchNorms; models without fuse()/reparameterize() are unchanged), which for "
+                        "LinGlo is linglo.fuse")
     p.add_argument("--allocator", default="reuse", choices=("reuse", "system"),
                    help="reuse: keep freed CPU memory in the process, so large activations are not page-faulted "
                         "in again every forward (glibc mallopt; what jemalloc/tcmalloc do); system: the C "
@@ -97,6 +102,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sizes checked with onnxruntime, e.g. 224,192x256,115x131 (default: those three, "
                         "derived from --size)")
     e.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime comparison")
+    e.add_argument("--no-fuse", dest="fuse", action="store_false",
+                   help="export the model as trained; by default it is folded for inference first (linglo.fuse / "
+                        "timm.utils.reparameterize_model: BatchNorm and layer scale folded into convs, same outputs)")
 
 
 def run(command: str, args: dict[str, Any]) -> int:

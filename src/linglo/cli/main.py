@@ -123,7 +123,7 @@ def run(argv: Sequence[str]) -> int:
     elif command == "eval":
         engine.evaluate(task, file_cfg=file_cfg, cli_cfg=args)
     elif command == "predict":
-        engine.predict(task, args.pop("inputs"), file_cfg=file_cfg, cli_cfg=args)
+        engine.predict(task, args.pop("inputs"), fuse=args.pop("fuse"), file_cfg=file_cfg, cli_cfg=args)
     elif command == "demo":
         run_demo(args)
     return 0

@@ -38,6 +38,10 @@ def add_run_args(p: argparse.ArgumentParser, command: str, d: Mapping[str, Any])
         g.add_argument("--checkpoint", default=S, help="checkpoint to load (e.g. runs/x/best.pt)")
         g.add_argument("--model", default=S, help="must match the checkpoint's model (default: the checkpoint's)")
         g.add_argument("--use-ema", action="store_true", default=S, help="use the checkpoint's EMA weights")
+    if command == "predict":
+        g.add_argument("--no-fuse", dest="fuse", action="store_false", default=True,
+                       help="run the model as trained instead of folded for inference (linglo.fuse: BatchNorm and "
+                            "layer scale folded into convs; same predictions, faster)")
     if command == "eval":
         g.add_argument("--data", default=S, help="dataset folder or built-in name; its val split is evaluated "
                                                  "(default: the checkpoint's training data)")

@@ -38,6 +38,7 @@ from linglo.engine.progress import (EpochBar, epoch_line, facts_table, metrics_t
 from linglo.engine.records import scalars, write_metrics_csv, write_summary
 from linglo.engine.run_dir import RunDir
 from linglo.errors import LingloError
+from linglo.models import fuse as fuse_model
 from linglo.tasks import Task, get_task
 from linglo.tasks.images import expand_inputs
 
@@ -485,9 +486,10 @@ def evaluate(task_name: str, *, file_cfg: Mapping[str, Any] | None = None,
         distributed.teardown()
 
 
-def predict(task_name: str, inputs: Sequence[str], *, file_cfg: Mapping[str, Any] | None = None,
+def predict(task_name: str, inputs: Sequence[str], *, fuse: bool = True, file_cfg: Mapping[str, Any] | None = None,
             cli_cfg: Mapping[str, Any] | None = None, console: Console | None = None) -> list[dict[str, Any]]:
-    """Run a checkpoint on image files / folders; prints the results, writes predictions.json to --output."""
+    """Run a checkpoint on image files / folders; prints the results, writes predictions.json to --output.
+    fuse: fold the model for inference first (linglo.fuse; same predictions)."""
     task_cls, cfg, ckpt, path = _from_checkpoint(task_name, "predict", file_cfg, cli_cfg)
     task = task_cls(cfg)
     check_compatible(ckpt, path, {"task": task.name, "model": cfg["model"]})
@@ -495,6 +497,8 @@ def predict(task_name: str, inputs: Sequence[str], *, file_cfg: Mapping[str, Any
     files = expand_inputs(inputs)
     device = distributed.pick_device(cfg["device"], 0)
     model = _checkpoint_model(task, ckpt, path, cfg["use_ema"], device)
+    if fuse:
+        model = fuse_model(model, inplace=True)
     out = _explicit("output", file_cfg, cli_cfg)
     out = ensure_dir(out) if out else None
     with torch.no_grad(), autocast(device, resolve_amp(cfg["amp"], device)), memory_hint("predicting", cfg, device):
