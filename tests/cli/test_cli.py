@@ -137,6 +137,50 @@ def test_predict_a_folder(trained, tiny_folder_session, tmp_path, capsys):
     assert "predictions" in capsys.readouterr().out
 
 
+def test_predict_runs_the_fused_model_unless_no_fuse(trained, tiny_folder_session, tmp_path, monkeypatch):
+    """predict folds the model (linglo.fuse) by default and not with --no-fuse; the predictions are the same."""
+    from linglo.engine import trainer
+    calls = []
+
+    def spy(model, inplace=False):
+        calls.append(model)
+        return fuse(model, inplace=inplace)
+
+    fuse = trainer.fuse_model
+    monkeypatch.setattr(trainer, "fuse_model", spy)
+    folder = str(tiny_folder_session / "val" / "ants")
+    results = []
+    for flags in ([], ["--no-fuse"]):
+        out = tmp_path / ("fused" if not flags else "plain")
+        assert main(["predict", "--checkpoint", str(trained / "best.pt"), folder, "--output", str(out), *flags]) == 0
+        results.append(json.loads((out / "predictions.json").read_text()))
+        assert len(calls) == 1   # the first run fused, the second did not
+    (fused, plain) = results
+    for a, b in zip(fused, plain):
+        assert [t["label"] for t in a["top"]] == [t["label"] for t in b["top"]]
+        assert all(abs(x["prob"] - y["prob"]) < 1e-5 for x, y in zip(a["top"], b["top"]))
+
+
+def test_bench_and_export_fuse_unless_no_fuse(tmp_path):
+    """bench records whether it timed folded models (bench.csv column `fused`); export writes a graph without
+    BatchNormalization nodes (folded into the convs) unless --no-fuse."""
+    import csv
+
+    import onnx
+    pytest.importorskip("onnxscript")
+    bench = ["bench", "--models", "linglo_t", "--resolutions", "32", "--warmup", "0", "--repeats", "1",
+             "--throughput-batch", "0", "--no-memory", "--threads", "1"]
+    for flags, want in (([], "True"), (["--no-fuse"], "False")):
+        out = tmp_path / f"bench{len(flags)}"
+        assert main([*bench, "--output", str(out), *flags]) == 0
+        with open(out / "bench.csv") as f:
+            assert [r["fused"] for r in csv.DictReader(f)] == [want]
+        path = tmp_path / f"m{len(flags)}.onnx"
+        assert main(["export", "--model", "linglo_t", "--output", str(path), "--size", "64", "--no-check", *flags]) == 0
+        norms = sum(n.op_type == "BatchNormalization" for n in onnx.load(str(path)).graph.node)
+        assert (norms == 0) == (not flags)
+
+
 def test_demo_trains_on_the_embedded_dataset(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--model", "test_convnext", "--epochs", "1", "--img-size", "32", "--output", str(out)]) == 0
