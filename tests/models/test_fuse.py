@@ -18,11 +18,12 @@ VARIANTS = [dict(), dict(axial=True), dict(window=0), dict(layout="graft"),
 
 
 def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Norm statistics, affine terms, layer scales and position biases far from their init (mean 0, var 1,
-    scale 1e-6, bias 0), so that a fold that dropped or misplaced any of them could not pass."""
+    """Unit-scale mixer weights, and norm statistics, affine terms, layer scales and position biases far from their
+    init (mean 0, var 1, scale 1e-6, bias 0), so that a fold that dropped or misplaced any of them (or stale
+    position kernels) could not pass: at init the attention branch is too small to see."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for m in model.modules():
+        for name, m in model.named_modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.normal_(0, 0.5, generator=g)
                 m.running_var.uniform_(0.5, 2.0, generator=g)
@@ -30,8 +31,11 @@ def _trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.bias.normal_(0, 0.5, generator=g)
             elif isinstance(m, LayerScale2d):
                 m.gamma.uniform_(0.5, 1.5, generator=g)
-            elif isinstance(m, nn.Conv2d) and m.bias is not None:
-                m.bias.normal_(0, 0.1, generator=g)
+            elif isinstance(m, nn.Conv2d):
+                if ".mixer." in f".{name}.":
+                    m.weight.normal_(0, (m.weight[0].numel()) ** -0.5, generator=g)
+                if m.bias is not None:
+                    m.bias.normal_(0, 0.1, generator=g)
         for name, p in model.named_parameters():
             if name.rsplit(".", 1)[-1] in ("rel_bias", "bias_y", "bias_x", "r_inf"):
                 p.uniform_(-2, 1, generator=g)
