@@ -438,9 +438,23 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     features_only backbone, a detector) and on timm models with their own fuse()/reparameterize() (RepViT,
     FastViT, MobileOne). Idempotent. inplace=False (timm's default) works on a deep copy.
     """
-    from timm.utils import reparameterize_model
     model = model if inplace else copy.deepcopy(model)
-    return reparameterize_model(model.eval(), inplace=True).eval()
+    _reparameterize(model.eval())
+    return model.eval()
+
+
+def _reparameterize(module: nn.Module) -> None:
+    """timm.models.reparameterize_model's walk, except that a submodule *named* fuse (UperNet's fuse conv) is not
+    taken for a fuse() method."""
+    for name, child in module.named_children():
+        method = getattr(child, "fuse", None)
+        if callable(method) and not isinstance(method, nn.Module):
+            setattr(module, name, method())
+        elif hasattr(child, "reparameterize"):
+            child.reparameterize()
+        elif hasattr(child, "switch_to_deploy"):
+            child.switch_to_deploy()
+        _reparameterize(getattr(module, name))
 
 
 # ---- weights from a file ----------------------------------------------------------------------------------------
