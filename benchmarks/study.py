@@ -73,8 +73,21 @@ class Arm:
 
     @property
     def spec(self) -> str:
-        """The model as `linglo bench --models` and the run folder name spell it: name[key=value,...]."""
+        """The arm as its run folder names it: name[key=value,...] (its kwargs over LinGlo 0.1's defaults)."""
         return self.model + (f"[{','.join(f'{k}={v}' for k, v in self.kwargs)}]" if self.kwargs else "")
+
+    @property
+    def build_kwargs(self) -> dict[str, Any]:
+        """timm.create_model arguments of the arm: its kwargs with LinGlo 0.1's defaults filled in (the studies'
+        base, on which they chose 0.2's defaults), so an arm builds the model its runs trained."""
+        from linglo.models import legacy_model_kwargs
+        return legacy_model_kwargs(self.model, dict(self.kwargs))
+
+    @property
+    def build_spec(self) -> str:
+        """The arm as `linglo bench --models` takes it (build_kwargs spelled out)."""
+        kw = sorted(self.build_kwargs.items())
+        return self.model + (f"[{','.join(f'{k}={v}' for k, v in kw)}]" if kw else "")
 
 
 def arm(label: str, model: str = "linglo_t", equal_params: bool = False, **kwargs: Any) -> Arm:
@@ -185,6 +198,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
                           "clip_grad": 1.0, "head_channels": 64, "drop_path": 0.1}},
 }
 COMMON = {"ema": False, "workers": 0, "overwrite": True}
+# timm models whose CPU training aborts the process in channels_last memory (torch 2.14.1, fastvit_t8's backward:
+# glibc "corrupted size vs. prev_size"; the other FastViTs share its blocks): trained NCHW on CPU
+NCHW_ON_CPU = ("fastvit_",)
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}   # Student t, 2-sided 95 %
 
 
@@ -253,7 +269,7 @@ def backbone_params(arm: Arm, mlp_ratio: float | None = None) -> int:
     import torch
 
     import linglo  # noqa: F401
-    kwargs = dict(arm.kwargs, **({"mlp_ratio": mlp_ratio} if mlp_ratio is not None else {}))
+    kwargs = dict(arm.build_kwargs, **({"mlp_ratio": mlp_ratio} if mlp_ratio is not None else {}))
     with torch.device("meta"):
         model = timm.create_model(arm.model, num_classes=0, **kwargs)
     return sum(p.numel() for p in model.parameters())
@@ -317,7 +333,9 @@ def plan_runs(studies: Sequence[Study], budget: str, seeds: int, data: Mapping[s
                 for a in resolve_arms(study):
                     out = run_dir(runs, task, a, seed)
                     cfg = {**COMMON, **b[task], "data": str(data[task]), "model": a.model,
-                           "model_kwargs": dict(a.kwargs), "seed": seed, "device": device, "output": str(out)}
+                           "model_kwargs": a.build_kwargs, "seed": seed, "device": device, "output": str(out)}
+                    if device == "cpu" and a.model.startswith(NCHW_ON_CPU):
+                        cfg["channels_last"] = False
                     jobs.setdefault(out, (task, cfg))
     return jobs
 
@@ -459,13 +477,13 @@ def collect(name: str, study: Study, budget: str, seeds: int, runs: Path, device
                 values[a]["meta"] = {"params_m": first["params"] / 1e6, "n_val": first["data"].get("images", {})
                                      .get("val", 0), "time_s": statistics.fmean(s["time_s"] for s in summaries.values())}
         done = [a for a in arms if a in values]
-        costs = measure_costs([a.spec for a in done], cost_res, device, BUDGETS[budget].get("cost_repeats", 7))
+        costs = measure_costs([a.build_spec for a in done], cost_res, device, BUDGETS[budget].get("cost_repeats", 7))
         base = arms[0] if arms[0] in values else None
         refs = [r for r in dict.fromkeys((arms[0].label, *study.references)) if any(a.label == r for a in done)]
         by_label = {a.label: a for a in done}
         for a in done:
-            v, meta, c = values[a], values[a]["meta"], costs[a.spec]
-            row = {"study": name, "task": task, "arm": a.label, "model": a.spec, "seeds": len(v[METRICS[task][0]]),
+            v, meta, c = values[a], values[a]["meta"], costs[a.build_spec]
+            row = {"study": name, "task": task, "arm": a.label, "model": a.build_spec, "seeds": len(v[METRICS[task][0]]),
                    "params_m": meta["params_m"], "backbone_params_m": backbone_params(a) / 1e6,
                    f"gmacs_{cost_res}": c["gmacs"], f"latency_ms_{cost_res}": c["latency_ms"],
                    "train_time_s": meta["time_s"], "val_images": int(meta["n_val"])}

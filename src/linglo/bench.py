@@ -30,7 +30,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -38,7 +38,7 @@ from linglo.atomic import atomic_savefig, atomic_write_text, ensure_dir
 from linglo.cpu_allocator import allocator_state, reuse_freed_memory
 from linglo.errors import LingloError
 
-__all__ = ["BenchConfig", "PEERS", "expand_models", "unsupported_reason", "run_bench", "fit_exponent", "peak_bytes",
+__all__ = ["BenchConfig", "PEERS", "expand_models", "unsupported_reason", "interleaved_latency", "run_bench", "fit_exponent", "peak_bytes",
            "synchronize", "environment", "peer_ratios", "write_csv", "loglog_axes", "plot", "print_tables", "bench"]
 
 # The timm peers of each LinGlo variant: the 2024-26 efficient backbones of its SPEC size row.
@@ -219,6 +219,19 @@ def _rounds(cells: list[_Cell], n: int):
     for r in range(n):
         k = r % len(cells) if cells else 0
         yield from cells[k:] + cells[:k]
+
+
+def interleaved_latency(forwards: Mapping[str, Callable[[], Any]], repeats: int, warm_visits: int = 1,
+                        device: torch.device = torch.device("cpu")) -> dict[str, float]:
+    """Median seconds of each forward over `repeats` rounds that call every forward in turn (order rotated each
+    round), each timed call right after `warm_visits` untimed calls of the same forward: a change in the machine's
+    load hits every forward alike. For scripts that time their own models (run_bench times specs)."""
+    cells = [_Cell(name, 0, lambda _, f=f: f()) for name, f in forwards.items()]
+    for cell in _rounds(cells, repeats):
+        for _ in range(warm_visits):
+            cell.forward(None)
+        cell.times.append(_timed(lambda: cell.forward(None), device))
+    return {cell.name: statistics.median(cell.times) for cell in cells}
 
 
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> tuple[list[dict[str, Any]], dict[str, Any]]:

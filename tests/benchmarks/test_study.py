@@ -121,6 +121,18 @@ def test_derived_studies_vary_the_default_arm():
     assert study.get_study("peers").arms[0].kwargs == default.kwargs
 
 
+def test_arms_build_over_0_1_defaults_and_fastvit_trains_nchw_on_cpu(tmp_path):
+    """Arms are spelled over LinGlo 0.1's defaults (the base the studies ran on), so the first key-only arm still
+    builds 0.1's linglo_t; FastViT trains NCHW on CPU (its channels-last backward aborts the process there)."""
+    v1 = study.resolve_arms(study.get_study("mixer"))[0]
+    assert v1.build_kwargs["mlp_ratio"] == 4.0 and v1.build_kwargs["value_conv"] == 0
+    peers = replace(study.get_study("peers"), tasks=("classify",))
+    data = {"classify": tmp_path}
+    cpu = {cfg["model"]: cfg for _, cfg in study.plan_runs([peers], "cpu", 1, data, tmp_path, "cpu").values()}
+    assert cpu["fastvit_t8"]["channels_last"] is False and cpu["convnext_atto"]["channels_last"] is True
+    assert all(cfg["channels_last"] for _, cfg in study.plan_runs([peers], "cpu", 1, data, tmp_path, "cuda").values())
+
+
 def test_cost_study_benches_every_mixer_at_every_size(toy):
     root, _ = toy
     rows = _rows(root / "results" / "cost" / "bench.csv")

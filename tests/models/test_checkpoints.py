@@ -1,8 +1,11 @@
-"""Weights written before the model moved into one file still load, and checkpoint_filter_fn adapts checkpoints.
+"""Weights written before the model moved into one file, and before 0.2 changed the family's defaults, still load;
+checkpoint_filter_fn adapts checkpoints.
 
-tests/data/classify_f274e1b.pt is a real `linglo train` checkpoint written by commit f274e1b (before this layout):
-linglo_t with --model-kwargs widths=(8,16,16,32) depths=(2,2,2,2) head_dim=8 window=3 ls_init=0.5 (the older
-keyword), 1 epoch on the built-in dataset at 32 px, with EMA.
+tests/data/classify_f274e1b.pt is a real `linglo train` checkpoint written by commit f274e1b (version 0.1, before
+this layout): linglo_t with --model-kwargs widths=(8,16,16,32) depths=(2,2,2,2) head_dim=8 window=3 ls_init=0.5 (the
+older keyword), 1 epoch on the built-in dataset at 32 px, with EMA. 0.1 built linglo_t without the query gate and
+value conv 0.2 adds by default, and with MLP ratio 4: timm users name those (legacy_model_kwargs gives them), the CLI
+restores them itself.
 """
 import json
 from pathlib import Path
@@ -13,7 +16,7 @@ import torch
 
 import linglo  # noqa: F401  (registers the family)
 from linglo.cli.main import main
-from linglo.models import checkpoint_filter_fn
+from linglo.models import checkpoint_filter_fn, legacy_model_kwargs
 
 OLD = Path(__file__).resolve().parents[1] / "data" / "classify_f274e1b.pt"
 
@@ -30,17 +33,26 @@ def _assert_weights(model, state):
 
 def test_timm_loads_the_old_train_checkpoint(old):
     """timm.create_model(pretrained=True, pretrained_cfg_overlay=dict(file=best.pt)): exactly its "model" weights,
-    with the older keyword ls_init still accepted."""
-    kwargs = old["config"]["model_kwargs"]
-    assert "ls_init" in kwargs
+    with the older keyword ls_init still accepted and 0.1's defaults named."""
+    kwargs = legacy_model_kwargs("linglo_t", old["config"]["model_kwargs"])
+    assert "ls_init" in kwargs and kwargs["query_gate"] is False and kwargs["mlp_ratio"] == 4.0
     model = timm.create_model("linglo_t", pretrained=True, num_classes=2,
                               pretrained_cfg_overlay=dict(file=str(OLD), num_classes=2), **kwargs)
     _assert_weights(model, old["model"])
     assert model.stages[0].blocks[0].ls.gamma.shape == (8,)
 
 
+def test_old_weights_in_a_default_model_name_the_arguments_that_fit():
+    """0.1 weights into a 0.2-default model: one ValueError naming the arguments, not a list of size mismatches."""
+    old_model = timm.create_model("linglo_t", widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8,
+                                  **legacy_model_kwargs("linglo_t", {}))
+    with pytest.raises(ValueError, match="query_gate=False, value_conv=0, mlp_ratio=4.0|mlp_ratio=4.0, query_gate"):
+        timm.create_model("linglo_t", pretrained=True, widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8,
+                          pretrained_cfg_overlay=dict(state_dict=old_model.state_dict()))
+
+
 def test_filter_unwraps_model_or_ema_weights(old):
-    kwargs = old["config"]["model_kwargs"]
+    kwargs = legacy_model_kwargs("linglo_t", old["config"]["model_kwargs"])
     # the whole checkpoint dict as a state_dict overlay: the filter picks its "model" weights
     model = timm.create_model("linglo_t", pretrained=True, num_classes=2,
                               pretrained_cfg_overlay=dict(state_dict=dict(old), num_classes=2), **kwargs)
@@ -59,7 +71,7 @@ def test_filter_unwraps_model_or_ema_weights(old):
 def test_relative_bias_is_resized_to_another_window(old, window):
     """The window-3 checkpoint into a window-k model: rel_bias interpolated over the offset grid, the centre offset
     kept at the centre; every other tensor exactly as stored."""
-    kwargs = {**old["config"]["model_kwargs"], "window": window}
+    kwargs = {**legacy_model_kwargs("linglo_t", old["config"]["model_kwargs"]), "window": window}
     model = timm.create_model("linglo_t", pretrained=True, num_classes=2,
                               pretrained_cfg_overlay=dict(file=str(OLD), num_classes=2), **kwargs).eval()
     state = model.state_dict()

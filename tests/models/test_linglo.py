@@ -162,6 +162,23 @@ def test_channels_last_matches_eager():
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
 
 
+def test_eager_forward_runs_in_channels_last_memory_with_the_same_values():
+    """A plain NCHW call computes in NHWC memory (the CPU speed of its 1×1 convs); a traced graph, which exporters
+    build, stays NCHW: both give the same values."""
+    torch.manual_seed(0)
+    model = timm.create_model("linglo_t", **TINY).eval()
+    x = torch.randn(2, 3, 67, 75)
+    with torch.no_grad():
+        feats = model.forward_intermediates(x, intermediates_only=True)
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(model(x), traced(x), rtol=1e-4, atol=1e-5)
+    assert all(f.is_contiguous(memory_format=torch.channels_last) for f in feats)
+    model.channels_last_forward = False   # the switch keeps the input's layout
+    with torch.no_grad():
+        assert not any(f.is_contiguous(memory_format=torch.channels_last)
+                       for f in model.forward_intermediates(x, intermediates_only=True))
+
+
 def test_compile_matches_eager_without_graph_breaks():
     torch.manual_seed(0)
     model = timm.create_model("linglo_t", widths=(16, 16, 16, 16), depths=(2, 1, 1, 1), head_dim=16).eval()

@@ -3,7 +3,8 @@
 
 A checkpoint is a dict: model, ema (or None), optimizer, scheduler, scaler, epoch (completed),
 global_step, history (metrics rows), best, rng (one entry per rank), config, meta (task, model,
-and the task's meta, e.g. class names).
+and the task's meta, e.g. class names), version (linglo's; absent before 0.2, whose family defaults
+load_checkpoint then restores).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 
 from linglo.atomic import atomic_write
 from linglo.errors import LingloError
+from linglo.models import legacy_model_kwargs
 
 ZIP_MAGIC, PICKLE_MAGIC = b"PK\x03\x04", b"\x80"   # torch.save's zip format; the legacy pickle format
 
@@ -89,6 +91,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise LingloError(f"cannot read checkpoint '{path}': {_first_line(e)}") from e
     if not isinstance(ckpt, dict) or not {"model", "config", "meta"} <= ckpt.keys():
         raise LingloError(f"'{path}' is not a linglo checkpoint (no model/config/meta entries)")
+    config = ckpt["config"]
+    if "version" not in ckpt and isinstance(config, dict) and isinstance(config.get("model"), str):
+        # written by linglo 0.1 (no version entry): rebuild the model with 0.1's defaults
+        config["model_kwargs"] = legacy_model_kwargs(config["model"], config.get("model_kwargs") or {})
     return ckpt
 
 

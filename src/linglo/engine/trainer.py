@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from linglo import __version__
 from linglo.atomic import atomic_write_json, ensure_dir
 from linglo.engine import distributed
 from linglo.engine.checkpoint import (capture_rng, check_compatible, copy_checkpoint, load_checkpoint,
@@ -406,7 +407,7 @@ def _fit(task_cls: type[Task], cfg: dict[str, Any], ckpt: Mapping[str, Any] | No
             state = {"model": model.state_dict(), "ema": ema.module.state_dict() if ema is not None else None,
                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                      "scaler": scaler.state_dict(), "epoch": epoch + 1, "global_step": step, "history": history,
-                     "best": best, "rng": rng, "config": cfg, "meta": meta}
+                     "best": best, "rng": rng, "config": cfg, "meta": meta, "version": __version__}
             try:
                 save_checkpoint(out / "last.pt", state)
                 run.committed(epoch + 1)

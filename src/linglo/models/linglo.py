@@ -28,9 +28,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..layers import TOKEN_MIXERS, BandedConvMlp, apply_mask, create_token_mixer
 from ..layers.fuse import fold_norm_after_conv, fold_norm_before_conv, fold_scale_after_conv
+from ..ops import eager_plain
 
 __all__ = ["LinGlo", "LinGloStage", "AttentionBlock", "ConvBlock", "Downsample", "Stem", "FAMILY", "LAYOUTS",
-           "block_kinds", "checkpoint_filter_fn", "fuse"]
+           "block_kinds", "checkpoint_filter_fn", "fuse", "KEY_ONLY_DEFAULTS", "legacy_model_kwargs"]
 
 LAYOUTS = ("alternate", "graft")
 POSITION_BIASES = ("rel_bias", "bias_y", "bias_x", "r_inf")   # positional parameters of the key-only mixer
@@ -328,6 +329,9 @@ class LinGlo(nn.Module):
         self.num_features = self.head_hidden_size = widths[-1]
         self.drop_rate = drop_rate
         self.layout, self.token_mixer = layout, token_mixer
+        # eager forwards compute in channels-last memory whatever the input's layout (same values, faster on CPU;
+        # _run_stages); an attribute, as timm's fused_attn: False keeps the input's layout
+        self.channels_last_forward = True
         self.stem = Stem(in_chans, widths[0], act_layer=act_layer, norm_layer=norm_layer, **dd)
         n = sum(depths)   # drop-path rate rising linearly over all blocks (plain floats: works on the meta device)
         rates = [drop_path_rate * j / max(n - 1, 1) for j in range(n)]
@@ -398,6 +402,11 @@ class LinGlo(nn.Module):
     def _run_stages(self, x: Tensor, mask: Tensor | None, take=(), last: int = 3):
         """Stem + stages 0..last; returns the last output and the outputs of the stages in `take`."""
         intermediates = []
+        if self.channels_last_forward and eager_plain(x):
+            # channels-last memory from here on, same values: on CPU a 1×1 conv over NCHW memory runs up to 5×
+            # slower on stage-1/2 maps than over NHWC (oneDNN reorders NCHW first); on GPUs NHWC is the tensor-core
+            # layout. Eager only: an exported graph would fix a batch-1 example's strides (ONNX has its own layout)
+            x = x.contiguous(memory_format=torch.channels_last)   # (B, 3, H, W), NHWC in memory
         x = self.stem(x, mask)                                    # (B, C1, H/4, W/4)
         mask = _downsample_mask(mask, 4)
         x = apply_mask(x, mask)
@@ -475,6 +484,14 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
             raise ValueError("checkpoint has no EMA weights (trained without EMA)")
         state_dict = state_dict["ema"] if use_ema else state_dict["model"]
     wanted = model.state_dict()
+    if any(k.endswith(".mixer.value_conv.weight") for k in wanted) and not any(
+            k.endswith(".mixer.value_conv.weight") for k in state_dict) and any(
+            k.endswith(".mixer.proj_in.weight") for k in state_dict):
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
+        v01 = legacy_model_kwargs(arch, {}) or V01_KEY_ONLY
+        raise ValueError("these weights have key-only attention without value conv (LinGlo 0.1's default, or "
+                         "value_conv=0): build the model with value_conv=0; a checkpoint of LinGlo 0.1 with "
+                         f"{', '.join(f'{k}={v}' for k, v in v01.items())}")
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
@@ -490,12 +507,18 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
 
 # ---- the family -------------------------------------------------------------------------------------------------
 FAMILY: dict[str, dict[str, Any]] = {
-    "linglo_t": dict(widths=(32, 64, 128, 256), depths=(2, 2, 6, 2)),
+    "linglo_t": dict(widths=(32, 64, 128, 256), depths=(2, 2, 6, 2), mlp_ratio=3.75),
     "linglo_xs": dict(widths=(48, 96, 192, 384), depths=(2, 2, 6, 2), head_dim=24, mlp_ratio=3.5),
     "linglo_s": dict(widths=(64, 128, 256, 512), depths=(2, 2, 6, 2)),
     "linglo_m": dict(widths=(96, 192, 384, 768), depths=(2, 2, 6, 2)),
 }
 ALIASES = {"ls_init": "ls_init_value", "head_hidden": "head_hidden_size"}   # older keyword -> LinGlo's
+# The family's key-only formulation, as Imagenette's mixer study chose it (docs/study.md): an elementwise query gate
+# on the output and a 3×3 depthwise conv on the value path (still no query-key product, still linear). Applied when
+# the token mixer is key-only; version 0.1 built the family without both (legacy_model_kwargs).
+KEY_ONLY_DEFAULTS = {"query_gate": True, "value_conv": 3}
+V01_KEY_ONLY = {"query_gate": False, "value_conv": 0}   # what 0.1 built instead (legacy_model_kwargs)
+V01_FAMILY = {"linglo_t": {"mlp_ratio": 4.0}}           # 0.2 set linglo_t's MLP ratio to 3.75 (the range's 3.0 M)
 
 
 def _cfg(**kwargs) -> dict[str, Any]:
@@ -516,30 +539,43 @@ def _create_linglo(variant: str, pretrained: bool = False, **kwargs) -> LinGlo:
             if new in kwargs:
                 raise ValueError(f"{variant}: give {new} or its older name {old}, not both")
             kwargs[new] = kwargs.pop(old)
+    if kwargs.get("token_mixer", "key_only") == "key_only":
+        kwargs = {**KEY_ONLY_DEFAULTS, **kwargs}
     return build_model_with_cfg(LinGlo, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
                                 feature_cfg=dict(out_indices=(0, 1, 2, 3), feature_cls="getter"),
                                 **{**FAMILY[variant], **kwargs})
 
 
+def legacy_model_kwargs(model: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """`kwargs` that build family member `model` as version 0.1 built it from the same `kwargs`: 0.1's defaults
+    filled in where `kwargs` leave them unset (to load a checkpoint written before 0.2). Other models: unchanged."""
+    if model not in FAMILY:
+        return dict(kwargs)
+    old = dict(V01_FAMILY.get(model, {}))
+    if kwargs.get("token_mixer", "key_only") == "key_only":
+        old.update(V01_KEY_ONLY)
+    return {**old, **kwargs}
+
+
 @register_model
 def linglo_t(pretrained: bool = False, **kwargs) -> LinGlo:
-    """LinGlo-T, 2.87 M params (compare EdgeNeXt-XS, ConvNeXt-atto)."""
+    """LinGlo-T, 2.88 M params (compare EdgeNeXt-XS, ConvNeXt-atto)."""
     return _create_linglo("linglo_t", pretrained, **kwargs)
 
 
 @register_model
 def linglo_xs(pretrained: bool = False, **kwargs) -> LinGlo:
-    """LinGlo-XS, 5.68 M params (compare MobileViTv2-1.0, EdgeNeXt-S, EfficientFormerV2-S1)."""
+    """LinGlo-XS, 5.97 M params (compare MobileViTv2-1.0, EdgeNeXt-S, EfficientFormerV2-S1)."""
     return _create_linglo("linglo_xs", pretrained, **kwargs)
 
 
 @register_model
 def linglo_s(pretrained: bool = False, **kwargs) -> LinGlo:
-    """LinGlo-S, 10.85 M params (compare EfficientViT-B1, FastViT-SA12, PVTv2-b1)."""
+    """LinGlo-S, 11.34 M params (compare EfficientViT-B1, FastViT-SA12, PVTv2-b1)."""
     return _create_linglo("linglo_s", pretrained, **kwargs)
 
 
 @register_model
 def linglo_m(pretrained: bool = False, **kwargs) -> LinGlo:
-    """LinGlo-M, 23.93 M params (compare EfficientViT-B2, PVTv2-b2, Swin-T)."""
+    """LinGlo-M, 25.03 M params (compare EfficientViT-B2, PVTv2-b2, Swin-T)."""
     return _create_linglo("linglo_m", pretrained, **kwargs)
