@@ -6,8 +6,9 @@ latency at 224² and 1024², measured here in one interleaved run; GPU bf16 thro
     python benchmarks/pareto.py --sizes 64 --repeats 1 --output /tmp/p   # a quick check that it runs
 
 Accuracy: mean ± sample std over seeds of each arm's top-1 in docs/study/BUDGET/{peers,peers_xs,...}/results.csv
-(benchmarks/study.py wrote them; that budget's recipe), plus LinGlo's formulations from the mixer study's table
-(key-only as 0.1 built it, and 0.2's default) as the "before" and "after" points of the family's design change.
+(benchmarks/study.py wrote them; that budget's recipe), plus the first key-only formulation from the mixer study's
+table as the "before" point (0.1's default) beside the row's lead arm, labelled 0.2: 0.2's formulation at the
+study's equal-parameter MLP ratio (linglo_t: 3.73, where 0.2 ships 3.75, 0.2 % of the parameters).
 Latency: the models exactly as the study trained them (10 classes), folded for inference (linglo.fuse, which is
 timm's reparameterize for the peers), fp32, batch 1, torch.inference_mode, in this plain process (glibc allocator,
 default OpenMP settings, torch's default threads); every round times one call of each model in turn, each right after

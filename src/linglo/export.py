@@ -87,6 +87,8 @@ def build_model(cfg: ExportConfig) -> tuple[torch.nn.Module, str]:
         raise LingloError(f"{name} takes only {h}x{w} input (timm fixed_input_size), so it cannot be exported with "
                           "dynamic height and width")
     kwargs: dict[str, Any] = dict(cfg.extra)
+    if state is not None:   # the model as trained: its stored model kwargs (0.1's defaults for a 0.1 checkpoint)
+        kwargs = {**(ckpt["config"].get("model_kwargs") or {}), **kwargs}
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     try:

@@ -92,10 +92,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"model", "config", "meta"} <= ckpt.keys():
         raise LingloError(f"'{path}' is not a linglo checkpoint (no model/config/meta entries)")
     config = ckpt["config"]
-    if "version" not in ckpt and isinstance(config, dict) and isinstance(config.get("model"), str):
-        # written by linglo 0.1 (no version entry): rebuild the model with 0.1's defaults
+    if written_by_0_1(ckpt) and isinstance(config, dict) and isinstance(config.get("model"), str):
         config["model_kwargs"] = legacy_model_kwargs(config["model"], config.get("model_kwargs") or {})
     return ckpt
+
+
+def written_by_0_1(ckpt: Mapping[str, Any]) -> bool:
+    """A checkpoint of linglo 0.1 (it has no version entry): its model takes 0.1's defaults, which
+    load_checkpoint writes into its config (models.legacy_model_kwargs)."""
+    return "version" not in ckpt
+
+
+def backbone_file_by_0_1(path: str | Path) -> bool:
+    """--backbone-weights FILE is a `linglo train` checkpoint of 0.1. A file that cannot be read here, or is
+    not a linglo checkpoint, says no: the backbone loader judges it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - not one of ours; the backbone loader reports it
+        return False
+    return isinstance(ckpt, dict) and {"model", "config", "meta"} <= ckpt.keys() and written_by_0_1(ckpt)
 
 
 def _describe(meta: Mapping[str, Any]) -> str:

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from linglo import __version__
 from linglo.atomic import atomic_write_json, ensure_dir
 from linglo.engine import distributed
-from linglo.engine.checkpoint import (capture_rng, check_compatible, copy_checkpoint, load_checkpoint,
-                                      load_weights, restore_rng, save_checkpoint)
+from linglo.engine.checkpoint import (backbone_file_by_0_1, capture_rng, check_compatible, copy_checkpoint,
+                                      load_checkpoint, load_weights, restore_rng, save_checkpoint, written_by_0_1)
 from linglo.engine.config import changed_on_resume, resolve, resolve_paths
 from linglo.engine.distributed import DistContext
 from linglo.engine.plots import plot_history
@@ -39,7 +39,7 @@ from linglo.engine.progress import (EpochBar, epoch_line, facts_table, metrics_t
 from linglo.engine.records import scalars, write_metrics_csv, write_summary
 from linglo.engine.run_dir import RunDir
 from linglo.errors import LingloError
-from linglo.models import fuse as fuse_model
+from linglo.models import fuse as fuse_model, legacy_model_kwargs
 from linglo.tasks import Task, get_task
 from linglo.tasks.images import expand_inputs
 
@@ -224,13 +224,16 @@ def train(task_name: str, *, file_cfg: Mapping[str, Any] | None = None, cli_cfg:
             raise LingloError(f"nothing to resume: checkpoint '{ckpt_path}' does not exist")
         ckpt = load_checkpoint(ckpt_path)
         _check_task(ckpt, ckpt_path, task_name, "train")
-        cfg = _config(task_cls, file_cfg, {**(cli_cfg or {}), "task": task_name}, base=ckpt["config"])
+        cfg = _legacy(_config(task_cls, file_cfg, {**(cli_cfg or {}), "task": task_name}, base=ckpt["config"]), ckpt)
         changed = changed_on_resume(ckpt["config"], cfg)
         if changed:
             raise LingloError(f"--resume: the run of '{ckpt_path}' was made with other settings ({', '.join(changed)}); "
                               "a resumed run keeps its recipe (only --epochs, --eval-interval, --workers, --device, --amp, "
                               "--channels-last and the data's location may change): drop those flags, or start a new run")
         cfg["output"] = _explicit("output", file_cfg, cli_cfg) or str(ckpt_path.parent)
+    elif cfg.get("backbone_weights") and backbone_file_by_0_1(cfg["backbone_weights"]):
+        # a 0.1 classifier as backbone: build (and record, for eval / predict) 0.1's architecture
+        cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"])
     cfg["output"] = cfg["output"] or default_out
     resolve_paths(cfg)
     out = Path(cfg["output"])
@@ -443,8 +446,16 @@ def _from_checkpoint(task_name: str, command: str, file_cfg, cli_cfg):
         raise LingloError("--checkpoint is required (e.g. runs/<run>/best.pt)")
     ckpt = load_checkpoint(path)
     _check_task(ckpt, Path(path), task_name, command)
-    cfg = _config(task_cls, file_cfg, cli_cfg, base=ckpt["config"])
+    cfg = _legacy(_config(task_cls, file_cfg, cli_cfg, base=ckpt["config"]), ckpt)
     return task_cls, cfg, ckpt, Path(path)
+
+
+def _legacy(cfg: dict[str, Any], ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """A run config over a 0.1 checkpoint: 0.1's defaults also under model kwargs given again on the command line
+    (the stored ones already have them: load_checkpoint), so the model is rebuilt as trained."""
+    if written_by_0_1(ckpt):
+        cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"] or {})
+    return cfg
 
 
 def _checkpoint_model(task: Task, ckpt: Mapping[str, Any], path: Path, use_ema: bool,

@@ -402,7 +402,7 @@ class LinGlo(nn.Module):
     def _run_stages(self, x: Tensor, mask: Tensor | None, take=(), last: int = 3):
         """Stem + stages 0..last; returns the last output and the outputs of the stages in `take`."""
         intermediates = []
-        if self.channels_last_forward and eager_plain(x):
+        if getattr(self, "channels_last_forward", True) and eager_plain(x):   # (absent in a pickled 0.1 model)
             # channels-last memory from here on, same values: on CPU a 1×1 conv over NCHW memory runs up to 5×
             # slower on stage-1/2 maps than over NHWC (oneDNN reorders NCHW first); on GPUs NHWC is the tensor-core
             # layout. Eager only: an exported graph would fix a batch-1 example's strides (ONNX has its own layout)
@@ -489,9 +489,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
             k.endswith(".mixer.proj_in.weight") for k in state_dict):
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
         v01 = legacy_model_kwargs(arch, {}) or V01_KEY_ONLY
-        raise ValueError("these weights have key-only attention without value conv (LinGlo 0.1's default, or "
-                         "value_conv=0): build the model with value_conv=0; a checkpoint of LinGlo 0.1 with "
-                         f"{', '.join(f'{k}={v}' for k, v in v01.items())}")
+        raise ValueError("these weights have no value conv in their key-only attention, this model has: weights "
+                         "of LinGlo 0.1 load into a model built with 0.1's defaults ("
+                         f"{', '.join(f'{k}={v}' for k, v in v01.items())}: linglo.models.legacy_model_kwargs), "
+                         "weights trained with value_conv=0 into one built with value_conv=0")
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")

@@ -17,6 +17,7 @@ from linglo import engine
 from linglo.cli.main import main
 from linglo.engine.config import resolve
 from linglo.errors import LingloError
+from linglo.models import legacy_model_kwargs
 from linglo.tasks.detect.data import CocoDetection, collate
 from linglo.tasks.detect.task import DetectTask
 from linglo.tasks.detect.models import build_detector
@@ -191,7 +192,8 @@ def test_pyramid_freezes_batch_norm_and_stages_as_torchvision():
         return {type(m).__name__ for n, m in p.named_modules() if type(m).__name__.endswith("BatchNorm2d")}
 
     assert frozen_norms(Pyramid("linglo_t", model_kwargs=TINY_LINGLO)) == {"BatchNorm2d"}
-    kwargs = dict(widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8, window=3, ls_init=0.5)
+    kwargs = legacy_model_kwargs("linglo_t", dict(widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8,
+                                                  window=3, ls_init=0.5))   # the 0.1 checkpoint's model
     assert frozen_norms(Pyramid("linglo_t", pretrained_path=str(OLD_CLASSIFIER), model_kwargs=kwargs)) == \
         {"FrozenBatchNorm2d"}
     assert frozen_norms(Pyramid("linglo_t", pretrained_path=str(OLD_CLASSIFIER), model_kwargs=kwargs,
@@ -231,6 +233,9 @@ def test_backbone_weights_train_with_torchvision_conventions(tmp_path):
         if key.startswith(("stem.", "stages.0.", "stages.1.")) or "running_" in key:
             assert torch.equal(value, loaded[key]), key
     assert not torch.equal(backbone["stages.3.blocks.0.conv_dw.weight"], loaded["stages.3.blocks.0.conv_dw.weight"])
+    # the weights were a 0.1 checkpoint: the run records 0.1's architecture, so its own checkpoint evaluates
+    assert main(["eval", "detect", "--checkpoint", str(run / "last.pt"), "--workers", "0", "-o", str(tmp_path / "ev"),
+                 "--img-size", "96", "--max-size", "128"]) == 0
 
 
 # ---- training ------------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
 from linglo.errors import LingloError
 from linglo.layers import apply_mask
-from linglo.models import legacy_model_kwargs
 from linglo.models.names import check_model_name, create_model
 
 STRIDES = (4, 8, 16, 32)
@@ -45,16 +44,6 @@ def read_weights(name: str, path: str) -> dict[str, torch.Tensor]:
     classifier = timm.models.get_pretrained_cfg_value(name, "classifier") or ()
     heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     return {k: v for k, v in state.items() if not k.startswith(tuple(f"{h}." for h in heads))}
-
-
-def written_by_linglo_01(path: str) -> bool:
-    """A `linglo train` checkpoint of version 0.1 (it has no version entry): its model takes 0.1's defaults
-    (models.legacy_model_kwargs). Unreadable files say no here; read_weights reports them."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not a zip-format torch checkpoint: not one of ours
-        return False
-    return isinstance(ckpt, dict) and {"model", "config", "meta"} <= ckpt.keys() and "version" not in ckpt
 
 
 def _misfit(report: str) -> str:
@@ -96,8 +85,9 @@ class Pyramid(nn.Module):
         name: a timm model name.
         strides: the feature strides to return.
         drop_path_rate: the backbone's stochastic depth (dropped with a warning for models without it).
-        pretrained_path: a local weights file for the backbone (None: random init); a `linglo train` checkpoint
-            of version 0.1 builds the backbone with 0.1's defaults (models.legacy_model_kwargs).
+        pretrained_path: a local weights file for the backbone (None: random init). For a `linglo train`
+            checkpoint of version 0.1 give model_kwargs with 0.1's defaults (models.legacy_model_kwargs; the
+            trainer does so for --backbone-weights).
         model_kwargs: more timm.create_model arguments.
         frozen_bn: every BatchNorm of the backbone as FrozenBatchNorm2d (running statistics and affine fixed);
             None = exactly when pretrained_path is given (torchvision's rule).
@@ -112,8 +102,6 @@ class Pyramid(nn.Module):
         super().__init__()
         check_model_name(name)
         state = read_weights(name, pretrained_path) if pretrained_path else None
-        if state is not None and written_by_linglo_01(pretrained_path):
-            model_kwargs = legacy_model_kwargs(name, model_kwargs or {})
         try:
             body = _create(name, state, drop_path_rate, **dict(model_kwargs or {}))
         except RuntimeError as e:
