@@ -74,7 +74,7 @@ class Arm:
     @property
     def spec(self) -> str:
         """The arm as its run folder names it: name[key=value,...] (its kwargs over LinGlo 0.1's defaults)."""
-        return self.model + (f"[{','.join(f'{k}={v}' for k, v in self.kwargs)}]" if self.kwargs else "")
+        return _spec(self.model, self.kwargs)
 
     @property
     def build_kwargs(self) -> dict[str, Any]:
@@ -86,8 +86,12 @@ class Arm:
     @property
     def build_spec(self) -> str:
         """The arm as `linglo bench --models` takes it (build_kwargs spelled out)."""
-        kw = sorted(self.build_kwargs.items())
-        return self.model + (f"[{','.join(f'{k}={v}' for k, v in kw)}]" if kw else "")
+        return _spec(self.model, sorted(self.build_kwargs.items()))
+
+
+def _spec(model: str, kwargs: Sequence[tuple[str, Any]]) -> str:
+    """name[key=value,...] (`linglo bench --models` syntax; just the name without kwargs)."""
+    return model + (f"[{','.join(f'{k}={v}' for k, v in kwargs)}]" if kwargs else "")
 
 
 def arm(label: str, model: str = "linglo_t", equal_params: bool = False, **kwargs: Any) -> Arm:
