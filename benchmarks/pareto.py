@@ -6,9 +6,10 @@ latency at 224² and 1024², measured here in one interleaved run; GPU bf16 thro
     python benchmarks/pareto.py --sizes 64 --repeats 1 --output /tmp/p   # a quick check that it runs
 
 Accuracy: mean ± sample std over seeds of each arm's top-1 in docs/study/BUDGET/{peers,peers_xs,...}/results.csv
-(benchmarks/study.py wrote them; that budget's recipe), plus the first key-only formulation from the mixer study's
-table as the "before" point (0.1's default) beside the row's lead arm, labelled 0.2: 0.2's formulation at the
-study's equal-parameter MLP ratio (linglo_t: 3.73, where 0.2 ships 3.75, 0.2 % of the parameters).
+(benchmarks/study.py wrote them; that budget's recipe). In the T row, beside the peer study's lead arm (labelled
+0.2: linglo_t as 0.2 built it, at the mixer study's equal-parameter MLP ratio 3.73 where 0.2 ships 3.75, 0.2 % of
+the parameters): the first key-only formulation from the mixer study (0.1's default), and the macro study's
+depths 2-2-4-2 arms (0.3's linglo_t, with and without layer scale).
 Latency: the models exactly as the study trained them (10 classes), folded for inference (linglo.fuse, which is
 timm's reparameterize for the peers), fp32, batch 1, torch.inference_mode, in this plain process (glibc allocator,
 default OpenMP settings, torch's default threads); every round times one call of each model in turn, each right after
@@ -37,8 +38,11 @@ from linglo.models.summary import count_gmacs, count_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"t": "peers", "xs": "peers_xs", "s": "peers_s", "m": "peers_m"}
-# LinGlo's formulations from the mixer study, plotted beside the row's lead arm (the 0.2 default)
-MIXER_POINTS = {"key_only": "linglo_t 0.1 (key-only v1)"}
+# More LinGlo points of the T row, plotted beside the peer study's lead arm (linglo_t as 0.2 built it): 0.1's mixer
+# from the mixer study, 0.3's depths from the macro study (study: {arm: label})
+T_POINTS = {"mixer": {"key_only": "linglo_t 0.1 (key-only v1)"},
+            "macro": {"2-2-4-2": "linglo_t 0.3 (depths 2-2-4-2)",
+                      "2-2-4-2, no layer scale": "linglo_t 2-2-4-2, no layer scale"}}
 COLUMNS = ("row", "label", "model", "params_m", "gmacs_224", "seeds", "top1_mean", "top1_std", "cpu_ms_224",
            "cpu_ms_1024", "gpu_bf16_img_s", "dominated_by")
 
@@ -46,7 +50,7 @@ COLUMNS = ("row", "label", "model", "params_m", "gmacs_224", "seeds", "top1_mean
 def read_points(results: Path, row: str) -> list[dict[str, Any]]:
     """One point per arm of the row's peer study (and the mixer study's extra LinGlo points for the T row)."""
     points = []
-    for study, keep in ((ROWS[row], None), *((("mixer", MIXER_POINTS),) if row == "t" else ())):
+    for study, keep in ((ROWS[row], None), *(T_POINTS.items() if row == "t" else ())):
         path = results / study / "results.csv"
         if not path.is_file():
             continue

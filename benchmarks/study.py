@@ -12,6 +12,8 @@ Studies (SPEC claims in brackets):
             baseline's parameters (claims 1-2)
     layout  alternate vs graft, same blocks, depth and width (claim 4)
     window  window 7 / 3 / 1 / 0 (global only), axial 7 vs square 7, with and without the global term (claim 2)
+    macro   linglo_t's depths as 0.2 built them (2, 2, 6, 2) vs 0.3's (2, 2, 4, 2), and 0.3's without layer scale;
+            macro_xs: linglo_xs's depths, the same two
     peers   linglo_t vs the timm peers of its size row, same recipe (claim 5 at this scale); peers_xs, peers_s,
             peers_m: the other size rows
     cost    latency and peak memory of each mixer inside linglo_t against resolution (claim 3)
@@ -135,6 +137,15 @@ def default_arm(label: str | None = None, **changes: Any) -> Arm:
     return Arm(label or DEFAULT, base.model, tuple(sorted({**dict(base.kwargs), **changes}.items())))
 
 
+def lead_arm(variant: str, label: str | None = None, **changes: Any) -> Arm:
+    """A family member with the default arm's mixer (as 0.2 built it) and `changes`: the lead of its row's studies.
+    linglo_t's equal-parameter MLP ratio is for its widths only; the other variants keep their own."""
+    mixer = dict(default_arm().kwargs)
+    if variant != "linglo_t":
+        mixer.pop("mlp_ratio")
+    return Arm(label or variant, variant, tuple(sorted({**mixer, **changes}.items())))
+
+
 def _peer_study(variant: str) -> Study:
     """A LinGlo variant vs the timm peers of its SPEC size row (those that take any input size: the study trains
     at the budget's size, and timm builds some, e.g. tiny_vit, for 224² only)."""
@@ -142,10 +153,14 @@ def _peer_study(variant: str) -> Study:
 
     from linglo.bench import PEERS
     peers = [m for m in PEERS[variant] if not timm.models.get_pretrained_cfg(m).fixed_input_size]
-    mixer = default_arm().kwargs   # linglo_t's equal-parameter MLP ratio is for its widths only
-    lead = Arm(variant, variant, mixer if variant == "linglo_t" else tuple(kv for kv in mixer if kv[0] != "mlp_ratio"))
     return Study(f"{variant} vs the timm peers of its size row, same recipe", ("classify", "segment"),
-                 (lead, *(arm(m, m) for m in peers)))
+                 (lead_arm(variant), *(arm(m, m) for m in peers)))
+
+
+def _macro_study(variant: str, *more: Arm) -> Study:
+    """A family member's depths as 0.2 built them (2, 2, 6, 2) against two fewer blocks at stride 16 (0.3's)."""
+    return Study(f"{variant}'s macro design: two fewer blocks at stride 16 (faster at 224²)", ("classify",),
+                 (lead_arm(variant, "2-2-6-2 (0.2)"), lead_arm(variant, "2-2-4-2", depths=(2, 2, 4, 2)), *more))
 
 
 STUDIES: dict[str, Study] = {"mixer": _mixer_study()}
@@ -160,13 +175,16 @@ def _derived_studies() -> dict[str, Study]:
                         (default_arm("7x7 + global"), default_arm("3x3 + global", window=3),
                          default_arm("1x1 + global", window=1), default_arm("global only", window=0),
                          default_arm("7 axial + global", axial=True), default_arm("7x7, no global", global_term=False))),
+        "macro": _macro_study("linglo_t", lead_arm("linglo_t", "2-2-4-2, no layer scale", depths=(2, 2, 4, 2),
+                                                   ls_init_value=0)),
+        "macro_xs": _macro_study("linglo_xs"),
     }
     studies.update({"peers" if v == "linglo_t" else f"peers_{v[len('linglo_'):]}": _peer_study(v)
                     for v in ("linglo_t", "linglo_xs", "linglo_s", "linglo_m")})
     return studies
 
 
-ALL = ("mixer", "layout", "window", "peers", "peers_xs", "peers_s", "peers_m", "cost")
+ALL = ("mixer", "layout", "window", "macro", "macro_xs", "peers", "peers_xs", "peers_s", "peers_m", "cost")
 
 # Per budget: the dataset of each task and which tasks run, seeds, train images kept per class (None = all) and
 # val images per class, the size images are resized to beforehand (shorter side; None = use the files as they
@@ -177,7 +195,7 @@ IMAGENETTE_RECIPE = {"img_size": 128, "scale": [0.35, 1.0], "aa": "none", "color
                      "data_cache": "memory"}
 BUDGETS: dict[str, dict[str, Any]] = {
     "toy": {"data": {"classify": "imagenette", "segment": "coco128_semseg"}, "tasks": ("classify",), "seeds": 1,
-            "limit": 2, "val_limit": 1, "cost_repeats": 1, "all": ("mixer", "layout", "window", "peers", "cost"),
+            "limit": 2, "val_limit": 1, "cost_repeats": 1, "all": ("mixer", "layout", "window", "macro", "macro_xs", "peers", "cost"),
             "prep": {"classify": None, "segment": 64}, "cost": [32, 64], "cost_res": 64,
             "classify": {**IMAGENETTE_RECIPE, "img_size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3,
                          "warmup_epochs": 0},
@@ -298,7 +316,7 @@ def resolve_arms(study: Study) -> tuple[Arm, ...]:
 
 # ---- runs ----------------------------------------------------------------------------------------------------
 def run_dir(runs: Path, task: str, a: Arm, seed: int) -> Path:
-    name = a.spec.replace("[", "-").replace("]", "").replace(",", "-")
+    name = a.spec.replace(" ", "").replace("[", "-").replace("]", "").replace(",", "-")
     return runs / f"{task}-{name}-s{seed}"
 
 

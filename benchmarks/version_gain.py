@@ -1,15 +1,15 @@
-"""What version 0.2 changed in linglo_t's CPU latency: the channels-last forward and the new default mixer, apart,
-against two T-row peers, in one plain process (docs/performance.md, "What 0.2 changed").
+"""What each version changed in linglo_t's CPU latency (0.2: the channels-last forward and the new default mixer,
+apart; 0.3: depths 2-2-4-2), against two T-row peers, in one plain process (docs/performance.md).
 
     python benchmarks/version_gain.py                             # 224² and 1024², 15 and 7 rounds
     python benchmarks/version_gain.py --sizes 64 --repeats 1      # a quick check that it runs
 
-Rows: linglo_t as 0.1 built it (key-only v1, MLP ratio 4) and as 0.2 does, each with the channels-last forward on
-(0.2's default) and off (`model.channels_last_forward = False`, 0.1's NCHW forward), and convnext_atto,
-edgenext_x_small. Models as built (`timm.create_model(name).eval()`, no folding), fp32, batch 1,
-torch.inference_mode, the C library's allocator and default threads; every round times one call of each model in
-turn (order rotated each round), right after one untimed call of the same model; median per size
-(linglo.bench.interleaved_latency).
+Rows: linglo_t as each version built it (0.1: key-only v1, MLP ratio 4; 0.2: query gate + value conv, MLP ratio
+3.75; 0.3: depths 2-2-4-2; models.HISTORY), each with the channels-last forward on (the default since 0.2) and off
+(`model.channels_last_forward = False`, 0.1's NCHW forward), and convnext_atto, edgenext_x_small. Models as built
+(`timm.create_model(name).eval()`, no folding), fp32, batch 1, torch.inference_mode, the C library's allocator and
+default threads; every round times one call of each model in turn (order rotated each round), right after one
+untimed call of the same model; median per size (linglo.bench.interleaved_latency).
 """
 from __future__ import annotations
 
@@ -22,16 +22,16 @@ import torch
 
 import linglo  # noqa: F401  (registers the family)
 from linglo.bench import interleaved_latency
-from linglo.models import legacy_model_kwargs
+from linglo.models import HISTORY, legacy_model_kwargs
 
 PEERS = ("convnext_atto", "edgenext_x_small")
 
 
 def models() -> dict[str, torch.nn.Module]:
     out = {}
-    for version, kwargs in (("0.1", legacy_model_kwargs("linglo_t", {})), ("0.2", {})):
+    for version in ("0.1", *(v for v, _, _ in HISTORY)):
         for channels_last in (False, True):
-            model = timm.create_model("linglo_t", **kwargs).eval()
+            model = timm.create_model("linglo_t", **legacy_model_kwargs("linglo_t", {}, version)).eval()
             model.channels_last_forward = channels_last
             out[f"linglo_t {version}, {'channels-last' if channels_last else 'NCHW'} forward"] = model
     return {**out, **{p: timm.create_model(p).eval() for p in PEERS}}

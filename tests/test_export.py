@@ -70,6 +70,7 @@ def test_missing_onnxruntime_is_a_one_line_error(tmp_path, monkeypatch):
     (dict(model="linglo_tt"), "unknown model 'linglo_tt'"),
     (dict(), "give --model NAME or --checkpoint FILE"),
     (dict(model="linglo_t", opset=13, check=False), "--opset must be >= 17"),
+    (dict(model="linglo_t", size=32, check=False), "--size must be over 32 px .* got 32"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, cfg, message):
     with pytest.raises(LingloError, match=message) as err:

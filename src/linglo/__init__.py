@@ -8,5 +8,5 @@ from . import models  # noqa: F401  (registers the family with timm)
 from .models import fuse
 from .ops import key_only_attention, key_only_attention_reference
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["fuse", "key_only_attention", "key_only_attention_reference", "models", "__version__"]

@@ -119,6 +119,9 @@ def export_onnx(model: torch.nn.Module, path: Path, *, size: int = 224, opset: i
 
     if opset < 17:
         raise LingloError(f"--opset must be >= 17 (LayerNorm and friends), got {opset}")
+    if size <= 32:   # the stride-32 map of the example would be 1×1, and torch.export fixes a size-1 dimension
+        raise LingloError(f"--size must be over 32 px (the stride-32 map of the example must be over 1 pixel, or "
+                          f"the export fixes height and width), got {size}; the exported model still takes any size")
     example = torch.randn(2, 3, size, size)   # batch 2: a size-1 example dimension would be specialised
     dims = {0: Dim("batch", min=1), 2: Dim("height", min=1), 3: Dim("width", min=1)}
     path = Path(path)

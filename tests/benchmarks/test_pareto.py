@@ -34,12 +34,16 @@ def test_front_from_study_tables(tmp_path):
     _table(results / "peers", "peers", [("linglo_t", tiny, 3, 50.0, 1.0), ("test_convnext", "test_convnext", 1, 40.0, "nan")])
     _table(results / "mixer", "mixer", [("key_only", tiny.replace("]", ",query_gate=False,value_conv=0]"), 3, 48.0, 1.0),
                                         ("linear", "linglo_t[token_mixer=linear]", 3, 55.0, 1.0)])
+    _table(results / "macro", "macro", [("2-2-6-2 (0.2)", tiny, 3, 50.5, 1.0),
+                                        ("2-2-4-2", tiny.replace("]", ",mlp_ratio=3.0]"), 2, 50.0, 0.5)])
     out = tmp_path / "out"
     assert _load().main(["--results", str(results), "--rows", "t", "xs", "--sizes", "32", "--repeats", "1",
                          "--output", str(out)]) == 0
     rows = list(csv.DictReader(open(out / "pareto.csv")))
-    # the row's arms and the mixer study's 0.1 point; other mixer arms and the rows without tables are left out
-    assert [r["label"] for r in rows] == ["linglo_t 0.2", "test_convnext", "linglo_t 0.1 (key-only v1)"]
+    # the row's arms, the mixer study's 0.1 point and the macro study's 0.3 point; other arms of those studies and
+    # the rows without tables are left out
+    assert [r["label"] for r in rows] == ["linglo_t 0.2", "test_convnext", "linglo_t 0.1 (key-only v1)",
+                                          "linglo_t 0.3 (depths 2-2-4-2)"]
     assert all(float(r["cpu_ms_32"]) > 0 and float(r["params_m"]) > 0 for r in rows)
     md = (out / "pareto.md").read_text()
     assert "## T row" in md and "no study results" in md and (out / "pareto.png").stat().st_size > 0

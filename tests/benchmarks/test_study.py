@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "study.py"
-STUDIES = ["mixer", "layout", "window", "peers"]            # the toy budget's `all` (with cost)
+STUDIES = ["mixer", "layout", "window", "macro", "macro_xs", "peers"]   # the toy budget's `all` (with cost)
 BIG_PEERS = ["peers_xs", "peers_s", "peers_m"]              # larger timm peers: a slow check
 
 

@@ -1,5 +1,5 @@
-"""benchmarks/version_gain.py runs and prints one row per model: linglo_t 0.1 and 0.2, each with the channels-last
-forward on and off, and the two peers."""
+"""benchmarks/version_gain.py runs and prints one row per model: linglo_t as each version built it, each with the
+channels-last forward on and off, and the two peers."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -16,5 +16,6 @@ def test_prints_every_row(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines()[2:] if line.strip()]
     assert [r.rsplit(maxsplit=1)[0].strip() for r in rows] == [
         "linglo_t 0.1, NCHW forward", "linglo_t 0.1, channels-last forward", "linglo_t 0.2, NCHW forward",
-        "linglo_t 0.2, channels-last forward", "convnext_atto", "edgenext_x_small"]
+        "linglo_t 0.2, channels-last forward", "linglo_t 0.3, NCHW forward", "linglo_t 0.3, channels-last forward",
+        "convnext_atto", "edgenext_x_small"]
     assert all(float(r.split()[-1]) > 0 for r in rows)

@@ -1,11 +1,15 @@
-"""Weights written before the model moved into one file, and before 0.2 changed the family's defaults, still load;
-checkpoint_filter_fn adapts checkpoints.
+"""Weights written by earlier versions still load: before the model moved into one file (0.1), before 0.2 changed
+the family's key-only defaults, before 0.3 changed linglo_t's depths; checkpoint_filter_fn adapts checkpoints.
 
 tests/data/classify_f274e1b.pt is a real `linglo train` checkpoint written by commit f274e1b (version 0.1, before
 this layout): linglo_t with --model-kwargs widths=(8,16,16,32) depths=(2,2,2,2) head_dim=8 window=3 ls_init=0.5 (the
 older keyword), 1 epoch on the built-in dataset at 32 px, with EMA. 0.1 built linglo_t without the query gate and
 value conv 0.2 adds by default, and with MLP ratio 4: timm users name those (legacy_model_kwargs gives them), the CLI
 restores them itself.
+
+tests/data/classify_730cb98.pt is one written by commit 730cb98 (version 0.2.0): linglo_t with --model-kwargs
+widths=(8,16,16,32) head_dim=8 window=3 ls_init_value=0.5 and 0.2's default depths (2, 2, 6, 2), 1 epoch on the
+built-in dataset at 32 px, with EMA.
 """
 import json
 import shutil
@@ -20,6 +24,7 @@ from linglo.cli.main import main
 from linglo.models import checkpoint_filter_fn, legacy_model_kwargs
 
 OLD = Path(__file__).resolve().parents[1] / "data" / "classify_f274e1b.pt"
+V02 = Path(__file__).resolve().parents[1] / "data" / "classify_730cb98.pt"
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +49,10 @@ def test_timm_loads_the_old_train_checkpoint(old):
 
 
 def test_old_weights_in_a_default_model_name_the_arguments_that_fit():
-    """0.1 weights into a 0.2-default model: one ValueError naming the arguments, not a list of size mismatches."""
-    old_model = timm.create_model("linglo_t", widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8,
-                                  **legacy_model_kwargs("linglo_t", {}))
-    with pytest.raises(ValueError, match=r"0.1's defaults \(mlp_ratio=4.0, query_gate=False, value_conv=0"):
+    """0.1 weights into a default model: one ValueError naming the arguments, not a list of size mismatches."""
+    old_model = timm.create_model("linglo_t", **legacy_model_kwargs("linglo_t", dict(
+        widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8)))
+    with pytest.raises(ValueError, match=r"0.1's defaults \(.*mlp_ratio=4.0, query_gate=False, value_conv=0"):
         timm.create_model("linglo_t", pretrained=True, widths=(8, 16, 16, 32), depths=(2, 2, 2, 2), head_dim=8,
                           pretrained_cfg_overlay=dict(state_dict=old_model.state_dict()))
 
@@ -144,3 +149,38 @@ def test_export_builds_the_old_checkpoint_as_trained(tmp_path):
     rows = export(ExportConfig(output=tmp_path / "m.onnx", checkpoint=OLD, size=64, check_sizes=[(64, 64)]),
                   log=lambda _: None)
     assert rows and all(r["ok"] for r in rows)
+
+
+def test_timm_loads_a_0_2_checkpoint_with_its_version_named():
+    """0.2 built linglo_t with depths (2, 2, 6, 2): legacy_model_kwargs(..., "0.2") names them, and weights of those
+    depths in a 0.3-default model are one ValueError naming the depths, not a list of missing keys."""
+    v02 = torch.load(V02, map_location="cpu", weights_only=True)
+    assert v02["version"] == "0.2.0"
+    kwargs = legacy_model_kwargs("linglo_t", v02["config"]["model_kwargs"], v02["version"])
+    assert kwargs["depths"] == (2, 2, 6, 2) and "query_gate" not in kwargs   # 0.2 had the query gate already
+    model = timm.create_model("linglo_t", pretrained=True, num_classes=2,
+                              pretrained_cfg_overlay=dict(file=str(V02), num_classes=2), **kwargs)
+    _assert_weights(model, v02["model"])
+    with pytest.raises(ValueError, match=r"\(2, 2, 6, 2\) blocks per stage, this model \(2, 2, 4, 2\): build it "
+                                         r"with depths=\(2, 2, 6, 2\)"):
+        timm.create_model("linglo_t", pretrained=True, num_classes=2, pretrained_cfg_overlay=dict(
+            file=str(V02), num_classes=2), **v02["config"]["model_kwargs"])
+
+
+def test_eval_and_predict_rebuild_a_0_2_checkpoint_as_trained(tmp_path):
+    v02 = torch.load(V02, map_location="cpu", weights_only=True)
+    assert main(["eval", "--checkpoint", str(V02), "--workers", "0", "--output", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
+    assert metrics["top1"] == pytest.approx(v02["history"][-1]["val_top1"])
+    val = sorted((Path(linglo.__file__).parent / "assets" / "default_dataset" / "val" / "person").glob("*.jpg"))[:1]
+    assert main(["predict", "--checkpoint", str(V02), *map(str, val), "--output", str(tmp_path / "p")]) == 0
+
+
+def test_legacy_kwargs_fill_only_what_changed_after_the_version():
+    assert legacy_model_kwargs("linglo_t", {}, "0.3.0") == {}
+    assert legacy_model_kwargs("linglo_t", {}, "0.2.0") == {"depths": (2, 2, 6, 2)}
+    assert legacy_model_kwargs("linglo_t", {}) == {"depths": (2, 2, 6, 2), "mlp_ratio": 4.0, "query_gate": False,
+                                                   "value_conv": 0}
+    assert legacy_model_kwargs("linglo_t", {"depths": (1, 1, 1, 1)}, "0.2")["depths"] == (1, 1, 1, 1)   # given wins
+    assert legacy_model_kwargs("linglo_s", {"token_mixer": "linear"}) == {"token_mixer": "linear"}
+    assert legacy_model_kwargs("convnext_atto", {"x": 1}, "0.1") == {"x": 1}

@@ -225,7 +225,7 @@ def test_same_seed_gives_shared_modules_the_same_init():
     c = timm.create_model("linglo_t", num_classes=10)
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     shared = [k for k in sa if k in sb and sa[k].shape == sb[k].shape and k.endswith("weight") and sa[k].dim() > 1]
-    assert len(shared) > 40
+    assert len(shared) > 30
     assert all(torch.equal(sa[k], sb[k]) for k in shared)
     assert not any(torch.equal(sa[k], sc[k]) for k in shared)
     w = sa["stages.0.blocks.0.mlp.fc1.weight"]

@@ -3,8 +3,8 @@
 
 A checkpoint is a dict: model, ema (or None), optimizer, scheduler, scaler, epoch (completed),
 global_step, history (metrics rows), best, rng (one entry per rank), config, meta (task, model,
-and the task's meta, e.g. class names), version (linglo's; absent before 0.2, whose family defaults
-load_checkpoint then restores).
+and the task's meta, e.g. class names), version (linglo's; absent in 0.1's). load_checkpoint writes the family
+defaults of the version that wrote it into its config, so the model is rebuilt as trained.
 """
 from __future__ import annotations
 
@@ -92,25 +92,27 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or not {"model", "config", "meta"} <= ckpt.keys():
         raise LingloError(f"'{path}' is not a linglo checkpoint (no model/config/meta entries)")
     config = ckpt["config"]
-    if written_by_0_1(ckpt) and isinstance(config, dict) and isinstance(config.get("model"), str):
-        config["model_kwargs"] = legacy_model_kwargs(config["model"], config.get("model_kwargs") or {})
+    if isinstance(config, dict) and isinstance(config.get("model"), str):
+        config["model_kwargs"] = legacy_model_kwargs(config["model"], config.get("model_kwargs") or {},
+                                                     checkpoint_version(ckpt))
     return ckpt
 
 
-def written_by_0_1(ckpt: Mapping[str, Any]) -> bool:
-    """A checkpoint of linglo 0.1 (it has no version entry): its model takes 0.1's defaults, which
-    load_checkpoint writes into its config (models.legacy_model_kwargs)."""
-    return "version" not in ckpt
+def checkpoint_version(ckpt: Mapping[str, Any]) -> str:
+    """The linglo version that wrote a checkpoint ("0.1" when it names none): its model takes that version's
+    family defaults (models.legacy_model_kwargs), which load_checkpoint writes into its config."""
+    return str(ckpt.get("version", "0.1"))
 
 
-def backbone_file_by_0_1(path: str | Path) -> bool:
-    """--backbone-weights FILE is a `linglo train` checkpoint of 0.1. A file that cannot be read here, or is
-    not a linglo checkpoint, says no: the backbone loader judges it."""
+def backbone_file_version(path: str | Path) -> str | None:
+    """The linglo version of --backbone-weights FILE when it is a `linglo train` checkpoint; None for a file that
+    cannot be read here or is not a linglo checkpoint (the backbone loader judges it)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not one of ours; the backbone loader reports it
-        return False
-    return isinstance(ckpt, dict) and {"model", "config", "meta"} <= ckpt.keys() and written_by_0_1(ckpt)
+        return None
+    is_ours = isinstance(ckpt, dict) and {"model", "config", "meta"} <= ckpt.keys()
+    return checkpoint_version(ckpt) if is_ours else None
 
 
 def _describe(meta: Mapping[str, Any]) -> str:

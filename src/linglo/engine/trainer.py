@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from linglo import __version__
 from linglo.atomic import atomic_write_json, ensure_dir
 from linglo.engine import distributed
-from linglo.engine.checkpoint import (backbone_file_by_0_1, capture_rng, check_compatible, copy_checkpoint,
-                                      load_checkpoint, load_weights, restore_rng, save_checkpoint, written_by_0_1)
+from linglo.engine.checkpoint import (backbone_file_version, capture_rng, check_compatible, checkpoint_version,
+                                      copy_checkpoint, load_checkpoint, load_weights, restore_rng, save_checkpoint)
 from linglo.engine.config import changed_on_resume, resolve, resolve_paths
 from linglo.engine.distributed import DistContext
 from linglo.engine.plots import plot_history
@@ -231,9 +231,9 @@ def train(task_name: str, *, file_cfg: Mapping[str, Any] | None = None, cli_cfg:
                               "a resumed run keeps its recipe (only --epochs, --eval-interval, --workers, --device, --amp, "
                               "--channels-last and the data's location may change): drop those flags, or start a new run")
         cfg["output"] = _explicit("output", file_cfg, cli_cfg) or str(ckpt_path.parent)
-    elif cfg.get("backbone_weights") and backbone_file_by_0_1(cfg["backbone_weights"]):
-        # a 0.1 classifier as backbone: build (and record, for eval / predict) 0.1's architecture
-        cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"])
+    elif cfg.get("backbone_weights") and (version := backbone_file_version(cfg["backbone_weights"])):
+        # a classifier of an older version as backbone: build (and record, for eval / predict) its architecture
+        cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"], version)
     cfg["output"] = cfg["output"] or default_out
     resolve_paths(cfg)
     out = Path(cfg["output"])
@@ -451,10 +451,10 @@ def _from_checkpoint(task_name: str, command: str, file_cfg, cli_cfg):
 
 
 def _legacy(cfg: dict[str, Any], ckpt: Mapping[str, Any]) -> dict[str, Any]:
-    """A run config over a 0.1 checkpoint: 0.1's defaults also under model kwargs given again on the command line
-    (the stored ones already have them: load_checkpoint), so the model is rebuilt as trained."""
-    if written_by_0_1(ckpt):
-        cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"] or {})
+    """A run config over a checkpoint of an older version: its version's defaults also under model kwargs given
+    again on the command line (the stored ones already have them: load_checkpoint), so the model is rebuilt as
+    trained."""
+    cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"] or {}, checkpoint_version(ckpt))
     return cfg
 
 

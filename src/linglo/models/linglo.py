@@ -14,6 +14,7 @@ image gets exactly the features it gets alone.
 from __future__ import annotations
 
 import copy
+import re
 import zlib
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,7 +32,7 @@ from ..layers.fuse import fold_norm_after_conv, fold_norm_before_conv, fold_scal
 from ..ops import eager_plain
 
 __all__ = ["LinGlo", "LinGloStage", "AttentionBlock", "ConvBlock", "Downsample", "Stem", "FAMILY", "LAYOUTS",
-           "block_kinds", "checkpoint_filter_fn", "fuse", "KEY_ONLY_DEFAULTS", "legacy_model_kwargs"]
+           "block_kinds", "checkpoint_filter_fn", "fuse", "HISTORY", "KEY_ONLY_DEFAULTS", "legacy_model_kwargs"]
 
 LAYOUTS = ("alternate", "graft")
 POSITION_BIASES = ("rel_bias", "bias_y", "bias_x", "r_inf")   # positional parameters of the key-only mixer
@@ -308,7 +309,8 @@ class LinGlo(nn.Module):
                 (The seven key-only options given with another token_mixer are a ValueError.)
             conv_kernel: the ConvBlocks' depthwise k.
             mlp_ratio: MLP hidden width / block width.
-            ls_init_value: layer-scale init (None or 0: none); timm.create_model also takes the older name ls_init.
+            ls_init_value: layer-scale init; 0 = no layer scale (timm.create_model drops arguments given as None,
+                so there None leaves the default); timm.create_model also takes the older name ls_init.
             head_hidden_size: a pre-logits MLP of this width in the head (None = none).
             drop_rate: dropout before the classifier.
             drop_path_rate: stochastic depth, rising linearly over all blocks to this value.
@@ -488,11 +490,18 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
             k.endswith(".mixer.value_conv.weight") for k in state_dict) and any(
             k.endswith(".mixer.proj_in.weight") for k in state_dict):
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
-        v01 = legacy_model_kwargs(arch, {}) or V01_KEY_ONLY
+        v01 = legacy_model_kwargs(arch, {}) or HISTORY[0][2]
         raise ValueError("these weights have no value conv in their key-only attention, this model has: weights "
                          "of LinGlo 0.1 load into a model built with 0.1's defaults ("
                          f"{', '.join(f'{k}={v}' for k, v in v01.items())}: linglo.models.legacy_model_kwargs), "
                          "weights trained with value_conv=0 into one built with value_conv=0")
+    have, need = _stage_depths(state_dict), _stage_depths(wanted)
+    if have and need and have != need:
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
+        raise ValueError(f"these weights have {have} blocks per stage, this model {need}: build it with "
+                         f"depths={have}" + (f" (weights of an older LinGlo's {arch}: timm.create_model({arch!r}, "
+                                             f"**linglo.models.legacy_model_kwargs({arch!r}, kwargs, version)))"
+                                             if arch in FAMILY else ""))
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")
@@ -506,9 +515,17 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
     return out
 
 
+def _stage_depths(state_dict: Mapping[str, Any]) -> tuple[int, ...]:
+    """Blocks per stage of LinGlo weights, from their names (stages.i.blocks.j.…); () for other weights."""
+    found = [tuple(int(n) for n in m.groups()) for k in state_dict
+             if (m := re.match(r"(?:module\.)?stages\.(\d+)\.blocks\.(\d+)\.", k))]
+    return tuple(1 + max((j for i, j in found if i == stage), default=-1)
+                 for stage in range(1 + max(i for i, _ in found))) if found else ()
+
+
 # ---- the family -------------------------------------------------------------------------------------------------
 FAMILY: dict[str, dict[str, Any]] = {
-    "linglo_t": dict(widths=(32, 64, 128, 256), depths=(2, 2, 6, 2), mlp_ratio=3.75),
+    "linglo_t": dict(widths=(32, 64, 128, 256), depths=(2, 2, 4, 2), mlp_ratio=3.75),
     "linglo_xs": dict(widths=(48, 96, 192, 384), depths=(2, 2, 6, 2), head_dim=24, mlp_ratio=3.5),
     "linglo_s": dict(widths=(64, 128, 256, 512), depths=(2, 2, 6, 2)),
     "linglo_m": dict(widths=(96, 192, 384, 768), depths=(2, 2, 6, 2)),
@@ -516,10 +533,21 @@ FAMILY: dict[str, dict[str, Any]] = {
 ALIASES = {"ls_init": "ls_init_value", "head_hidden": "head_hidden_size"}   # older keyword -> LinGlo's
 # The family's key-only formulation, as Imagenette's mixer study chose it (docs/study.md): an elementwise query gate
 # on the output and a 3×3 depthwise conv on the value path (still no query-key product, still linear). Applied when
-# the token mixer is key-only; version 0.1 built the family without both (legacy_model_kwargs).
+# the token mixer is key-only; version 0.1 built the family without both (HISTORY).
 KEY_ONLY_DEFAULTS = {"query_gate": True, "value_conv": 3}
-V01_KEY_ONLY = {"query_gate": False, "value_conv": 0}   # what 0.1 built instead (legacy_model_kwargs)
-V01_FAMILY = {"linglo_t": {"mlp_ratio": 4.0}}           # 0.2 set linglo_t's MLP ratio to 3.75 (the range's 3.0 M)
+# What each version changed in the family, as the values the versions before it built: (version, per-variant
+# kwargs, key-only kwargs). legacy_model_kwargs rebuilds an older version's model from them.
+HISTORY: tuple[tuple[str, dict[str, dict[str, Any]], dict[str, Any]], ...] = (
+    # the mixer study's formulation; linglo_t's MLP ratio 4 -> 3.75 kept it in its SPEC row (3.0 M)
+    ("0.2", {"linglo_t": {"mlp_ratio": 4.0}}, {"query_gate": False, "value_conv": 0}),
+    # the macro study: two fewer blocks at stride 16, as accurate and faster at 224² (docs/study.md)
+    ("0.3", {"linglo_t": {"depths": (2, 2, 6, 2)}}, {}),
+)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """"0.2.0" -> (0, 2, 0); the numeric prefix of each part ("0.3.0rc1" -> (0, 3, 0))."""
+    return tuple(int(m.group()) if (m := re.match(r"\d+", part)) else 0 for part in text.split(".")[:3])
 
 
 def _cfg(**kwargs) -> dict[str, Any]:
@@ -547,20 +575,24 @@ def _create_linglo(variant: str, pretrained: bool = False, **kwargs) -> LinGlo:
                                 **{**FAMILY[variant], **kwargs})
 
 
-def legacy_model_kwargs(model: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """`kwargs` that build family member `model` as version 0.1 built it from the same `kwargs`: 0.1's defaults
-    filled in where `kwargs` leave them unset (to load a checkpoint written before 0.2). Other models: unchanged."""
+def legacy_model_kwargs(model: str, kwargs: Mapping[str, Any], version: str = "0.1") -> dict[str, Any]:
+    """`kwargs` that build family member `model` as linglo `version` built it from the same `kwargs`: the values of
+    every default changed since filled in where `kwargs` leave them unset (to load a checkpoint of that version;
+    a `linglo train` checkpoint names its version, absent in 0.1's). Other models: unchanged."""
     if model not in FAMILY:
         return dict(kwargs)
-    old = dict(V01_FAMILY.get(model, {}))
-    if kwargs.get("token_mixer", "key_only") == "key_only":
-        old.update(V01_KEY_ONLY)
+    old: dict[str, Any] = {}
+    for changed_in, family, key_only in reversed(HISTORY):   # newest first: an older version's value wins
+        if _version(version) < _version(changed_in):
+            old.update(family.get(model, {}))
+            if kwargs.get("token_mixer", "key_only") == "key_only":
+                old.update(key_only)
     return {**old, **kwargs}
 
 
 @register_model
 def linglo_t(pretrained: bool = False, **kwargs) -> LinGlo:
-    """LinGlo-T, 2.88 M params (compare EdgeNeXt-XS, ConvNeXt-atto)."""
+    """LinGlo-T, 2.57 M params (compare EdgeNeXt-XS, ConvNeXt-atto)."""
     return _create_linglo("linglo_t", pretrained, **kwargs)
 
 

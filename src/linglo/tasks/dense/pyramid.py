@@ -86,8 +86,8 @@ class Pyramid(nn.Module):
         strides: the feature strides to return.
         drop_path_rate: the backbone's stochastic depth (dropped with a warning for models without it).
         pretrained_path: a local weights file for the backbone (None: random init). For a `linglo train`
-            checkpoint of version 0.1 give model_kwargs with 0.1's defaults (models.legacy_model_kwargs; the
-            trainer does so for --backbone-weights).
+            checkpoint of an older version give model_kwargs with that version's defaults
+            (models.legacy_model_kwargs; the trainer does so for --backbone-weights).
         model_kwargs: more timm.create_model arguments.
         frozen_bn: every BatchNorm of the backbone as FrozenBatchNorm2d (running statistics and affine fixed);
             None = exactly when pretrained_path is given (torchvision's rule).
