@@ -158,9 +158,12 @@ def _peer_study(variant: str) -> Study:
 
 
 def _macro_study(variant: str, *more: Arm) -> Study:
-    """A family member's depths as 0.2 built them (2, 2, 6, 2) against two fewer blocks at stride 16 (0.3's)."""
+    """A family member's depths as 0.2 built them (2, 2, 6, 2) against two fewer blocks at stride 16 (0.3's). The
+    baseline names its depths: its runs are the study's own (not the mixer study's arm of the same model), so the
+    study pairs runs of one machine and session."""
     return Study(f"{variant}'s macro design: two fewer blocks at stride 16 (faster at 224²)", ("classify",),
-                 (lead_arm(variant, "2-2-6-2 (0.2)"), lead_arm(variant, "2-2-4-2", depths=(2, 2, 4, 2)), *more))
+                 (lead_arm(variant, "2-2-6-2 (0.2)", depths=(2, 2, 6, 2)),
+                  lead_arm(variant, "2-2-4-2", depths=(2, 2, 4, 2)), *more))
 
 
 STUDIES: dict[str, Study] = {"mixer": _mixer_study()}
@@ -195,7 +198,8 @@ IMAGENETTE_RECIPE = {"img_size": 128, "scale": [0.35, 1.0], "aa": "none", "color
                      "data_cache": "memory"}
 BUDGETS: dict[str, dict[str, Any]] = {
     "toy": {"data": {"classify": "imagenette", "segment": "coco128_semseg"}, "tasks": ("classify",), "seeds": 1,
-            "limit": 2, "val_limit": 1, "cost_repeats": 1, "all": ("mixer", "layout", "window", "macro", "macro_xs", "peers", "cost"),
+            "limit": 2, "val_limit": 1, "cost_repeats": 1,
+            "all": ("mixer", "layout", "window", "macro", "macro_xs", "peers", "cost"),
             "prep": {"classify": None, "segment": 64}, "cost": [32, 64], "cost_res": 64,
             "classify": {**IMAGENETTE_RECIPE, "img_size": 32, "epochs": 1, "batch_size": 8, "lr": 1e-3,
                          "warmup_epochs": 0},
@@ -203,12 +207,12 @@ BUDGETS: dict[str, dict[str, Any]] = {
                         "head_channels": 16}},
     "cpu": {"data": {"classify": "imagenette"}, "tasks": ("classify",), "seeds": 3, "limit": 500, "val_limit": None,
             "prep": {"classify": None}, "cost": [128, 256, 512, 1024], "cost_res": 224, "jobs": 2, "threads": 1,
-            "all": ("mixer", "peers", "layout", "window"),
+            "all": ("mixer", "peers", "layout", "window", "macro", "macro_xs"),
             "classify": {**IMAGENETTE_RECIPE, "epochs": 4, "batch_size": 32, "lr": 2e-3, "warmup_epochs": 1,
                          "eval_interval": 4}},
     "gpu": {"data": {"classify": "imagenette"}, "tasks": ("classify",), "seeds": 3, "limit": None, "val_limit": None,
             "prep": {"classify": None}, "cost": [256, 512, 1024, 2048, 4096], "cost_res": 224, "jobs": 8,
-            "threads": 2, "all": ("mixer", "peers", "window", "layout"),
+            "threads": 2, "all": ("mixer", "peers", "window", "layout", "macro", "macro_xs"),
             "classify": {**IMAGENETTE_RECIPE, "epochs": 20, "batch_size": 128, "lr": 3e-3, "warmup_epochs": 2,
                          "amp": "bf16", "eval_interval": 5}},
     "small": {"data": {"classify": "hymenoptera", "segment": "coco128_semseg"}, "seeds": 3, "limit": None,

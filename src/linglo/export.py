@@ -21,7 +21,8 @@ import torch
 
 from linglo.errors import LingloError
 
-__all__ = ["ExportConfig", "build_model", "export_onnx", "verify_onnx", "export", "default_check_sizes"]
+__all__ = ["ExportConfig", "build_model", "check_example_size", "export_onnx", "verify_onnx", "export",
+           "default_check_sizes"]
 
 TOLERANCE = 1e-4
 
@@ -110,6 +111,13 @@ def build_model(cfg: ExportConfig) -> tuple[torch.nn.Module, str]:
     return fuse(model, inplace=True) if cfg.fuse else model.eval(), name
 
 
+def check_example_size(size: int) -> None:
+    """The traced example's stride-32 map must be over 1 pixel: torch.export fixes a size-1 dimension."""
+    if size <= 32:
+        raise LingloError(f"--size must be over 32 px (the stride-32 map of the example must be over 1 pixel, or "
+                          f"the export fixes height and width), got {size}; the exported model still takes any size")
+
+
 def export_onnx(model: torch.nn.Module, path: Path, *, size: int = 224, opset: int = 18,
                 output_names: Sequence[str] | None = None) -> None:
     """Export with dynamic batch/height/width (see the module docstring); the file is written atomically."""
@@ -119,9 +127,7 @@ def export_onnx(model: torch.nn.Module, path: Path, *, size: int = 224, opset: i
 
     if opset < 17:
         raise LingloError(f"--opset must be >= 17 (LayerNorm and friends), got {opset}")
-    if size <= 32:   # the stride-32 map of the example would be 1×1, and torch.export fixes a size-1 dimension
-        raise LingloError(f"--size must be over 32 px (the stride-32 map of the example must be over 1 pixel, or "
-                          f"the export fixes height and width), got {size}; the exported model still takes any size")
+    check_example_size(size)
     example = torch.randn(2, 3, size, size)   # batch 2: a size-1 example dimension would be specialised
     dims = {0: Dim("batch", min=1), 2: Dim("height", min=1), 3: Dim("width", min=1)}
     path = Path(path)
@@ -173,6 +179,7 @@ def verify_onnx(model: torch.nn.Module, path: Path, sizes: Sequence[tuple[int, i
 
 def export(cfg: ExportConfig, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Build, export and (unless cfg.check is False) verify; raises LingloError when a check fails."""
+    check_example_size(cfg.size)
     if cfg.check:   # say so before the (long) export, not after
         _require("onnxruntime", "needed to check the exported model; or pass --no-check")
     model, name = build_model(cfg)

@@ -77,9 +77,11 @@ def test_a_second_process_is_refused_and_sigint_leaves_a_resumable_interrupted_r
                                                                                   capsys):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # SIGINT back to its default in the child: a test run started in the background (`cmd &` in a script) inherits
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so the run would train on
     first = subprocess.Popen(_cli("train", "--data", str(tiny_folder_session), *TINY, "--epochs", "200",
                                   "--output", str(out)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, env=env)
+                             text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(out / "last.pt", first)
         err = error_of(["train", "--data", str(tiny_folder_session), *TINY, "--epochs", "1", "--overwrite",

@@ -176,6 +176,19 @@ def test_eval_and_predict_rebuild_a_0_2_checkpoint_as_trained(tmp_path):
     assert main(["predict", "--checkpoint", str(V02), *map(str, val), "--output", str(tmp_path / "p")]) == 0
 
 
+def test_resume_of_a_0_2_run_keeps_its_depths_with_its_model_kwargs_given_again(tmp_path):
+    """`linglo train --resume` of a 0.2 run with its --model-kwargs typed again (depths not among them): 0.2's
+    depths fill them, so it resumes with 0.2's architecture and records the depths in its new checkpoint."""
+    shutil.copy(V02, tmp_path / "last.pt")
+    kwargs = ["widths=(8,16,16,32)", "head_dim=8", "window=3", "ls_init_value=0.5"]
+    assert main(["train", "--resume", str(tmp_path / "last.pt"), "--epochs", "2", "--model-kwargs", *kwargs,
+                 "--workers", "0", "--output", str(tmp_path / "new")]) == 0
+    new = torch.load(tmp_path / "new" / "last.pt", weights_only=True)
+    assert new["epoch"] == 2 and new["version"] == linglo.__version__
+    assert tuple(new["config"]["model_kwargs"]["depths"]) == (2, 2, 6, 2)
+    assert new["model"].keys() == torch.load(V02, weights_only=True)["model"].keys()
+
+
 def test_legacy_kwargs_fill_only_what_changed_after_the_version():
     assert legacy_model_kwargs("linglo_t", {}, "0.3.0") == {}
     assert legacy_model_kwargs("linglo_t", {}, "0.2.0") == {"depths": (2, 2, 6, 2)}

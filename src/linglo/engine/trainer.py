@@ -233,7 +233,7 @@ def train(task_name: str, *, file_cfg: Mapping[str, Any] | None = None, cli_cfg:
         cfg["output"] = _explicit("output", file_cfg, cli_cfg) or str(ckpt_path.parent)
     elif cfg.get("backbone_weights") and (version := backbone_file_version(cfg["backbone_weights"])):
         # a classifier of an older version as backbone: build (and record, for eval / predict) its architecture
-        cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"], version)
+        cfg["model_kwargs"] = legacy_model_kwargs(cfg["model"], cfg["model_kwargs"] or {}, version)
     cfg["output"] = cfg["output"] or default_out
     resolve_paths(cfg)
     out = Path(cfg["output"])

@@ -498,10 +498,11 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
     have, need = _stage_depths(state_dict), _stage_depths(wanted)
     if have and need and have != need:
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
+        older = [v for v, family, _ in HISTORY if tuple(family.get(arch, {}).get("depths", ())) == have]
         raise ValueError(f"these weights have {have} blocks per stage, this model {need}: build it with "
-                         f"depths={have}" + (f" (weights of an older LinGlo's {arch}: timm.create_model({arch!r}, "
+                         f"depths={have}" + (f" ({arch} before {older[0]} had them: timm.create_model({arch!r}, "
                                              f"**linglo.models.legacy_model_kwargs({arch!r}, kwargs, version)))"
-                                             if arch in FAMILY else ""))
+                                             if older else ""))
     out = {}
     for key, value in state_dict.items():
         key = key.removeprefix("module.")

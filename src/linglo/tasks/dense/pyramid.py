@@ -109,7 +109,11 @@ class Pyramid(nn.Module):
                 raise LingloError(f"backbone weights '{pretrained_path}' do not fit model '{name}': "
                                   f"{_misfit(str(e))} (a checkpoint of another model?)") from e
             raise LingloError(f"model '{name}' cannot be built as a features_only backbone: {e}") from e
-        except (TypeError, ValueError, AttributeError) as e:
+        except ValueError as e:   # LinGlo's checkpoint_filter_fn judges weights (other depths, 0.1's mixer)
+            what = f"backbone weights '{pretrained_path}' do not fit model '{name}'" if state is not None else \
+                f"model '{name}' cannot be built as a features_only backbone"
+            raise LingloError(f"{what}: {e}") from e
+        except (TypeError, AttributeError) as e:
             raise LingloError(f"model '{name}' cannot be built as a features_only backbone: {e}") from e
         for module in (body, getattr(body, "model", None)):   # the weights are in the model now: drop the copy
             if isinstance(getattr(module, "pretrained_cfg", None), dict):
