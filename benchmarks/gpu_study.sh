@@ -6,8 +6,8 @@
 #   2. the leaderboard rows: linglo_t and linglo_s, Imagenette 128 px, 20 and 80 epochs (`linglo train --config
 #      imagenette`); the linglo_t 20-epoch run goes first, alone, timed from the command to its last eval, data
 #      preparation included; the other three run beside
-#   3. the study grid: benchmarks/study.py all --budget gpu (mixer, peers, window, layout, macro, macro_xs; 3 seeds, 20 epochs),
-#      GRID_JOBS runs at a time, no run started after GRID_DEADLINE_S.
+#   3. the study grid: benchmarks/study.py all --budget gpu (mixer, peers, window, layout, macro, macro_xs;
+#      3 seeds, 20 epochs), GRID_JOBS runs at a time, no run started after GRID_DEADLINE_S.
 # Data: DATA must hold imagenette/ (../shared/data does not travel to the device machine: see
 # benchmarks/device_data.sh, which packs it into two carries under the 64 MiB limit).
 # Usage (device machine, repository root):  DATA=/tmp/data OUT=$OUT benchmarks/gpu_study.sh

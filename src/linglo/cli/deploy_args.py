@@ -96,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out-indices", type=lambda t: tuple(_ints(t, "--out-indices")), default=None,
                    help="feature levels with --features-only, e.g. 1,2,3 (default: all)")
     e.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
-    e.add_argument("--size", type=int, default=224, help="example input size used for tracing, over 32 (default: 224); the "
-                        "exported model takes any size")
+    e.add_argument("--size", type=int, default=224,
+                   help="example input size used for tracing, over 32 (default: 224); the exported model takes any size")
     e.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default: 18)")
     e.add_argument("--check-sizes", type=_sizes, default=None,
                    help="sizes checked with onnxruntime, e.g. 224,192x256,115x131 (default: those three, "

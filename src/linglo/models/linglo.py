@@ -486,10 +486,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
             raise ValueError("checkpoint has no EMA weights (trained without EMA)")
         state_dict = state_dict["ema"] if use_ema else state_dict["model"]
     wanted = model.state_dict()
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")   # the family member, if one
     if any(k.endswith(".mixer.value_conv.weight") for k in wanted) and not any(
             k.endswith(".mixer.value_conv.weight") for k in state_dict) and any(
             k.endswith(".mixer.proj_in.weight") for k in state_dict):
-        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
         v01 = legacy_model_kwargs(arch, {}) or HISTORY[0][2]
         raise ValueError("these weights have no value conv in their key-only attention, this model has: weights "
                          "of LinGlo 0.1 load into a model built with 0.1's defaults ("
@@ -497,7 +497,6 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: LinGlo, use_ema: 
                          "weights trained with value_conv=0 into one built with value_conv=0")
     have, need = _stage_depths(state_dict), _stage_depths(wanted)
     if have and need and have != need:
-        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "")
         older = [v for v, family, _ in HISTORY if tuple(family.get(arch, {}).get("depths", ())) == have]
         raise ValueError(f"these weights have {have} blocks per stage, this model {need}: build it with "
                          f"depths={have}" + (f" ({arch} before {older[0]} had them: timm.create_model({arch!r}, "

@@ -102,19 +102,18 @@ class Pyramid(nn.Module):
         super().__init__()
         check_model_name(name)
         state = read_weights(name, pretrained_path) if pretrained_path else None
+        misfit = f"backbone weights '{pretrained_path}' do not fit model '{name}'"
+        unbuildable = f"model '{name}' cannot be built as a features_only backbone"
         try:
             body = _create(name, state, drop_path_rate, **dict(model_kwargs or {}))
         except RuntimeError as e:
             if state is not None and "Error(s) in loading state_dict" in str(e):
-                raise LingloError(f"backbone weights '{pretrained_path}' do not fit model '{name}': "
-                                  f"{_misfit(str(e))} (a checkpoint of another model?)") from e
-            raise LingloError(f"model '{name}' cannot be built as a features_only backbone: {e}") from e
+                raise LingloError(f"{misfit}: {_misfit(str(e))} (a checkpoint of another model?)") from e
+            raise LingloError(f"{unbuildable}: {e}") from e
         except ValueError as e:   # LinGlo's checkpoint_filter_fn judges weights (other depths, 0.1's mixer)
-            what = f"backbone weights '{pretrained_path}' do not fit model '{name}'" if state is not None else \
-                f"model '{name}' cannot be built as a features_only backbone"
-            raise LingloError(f"{what}: {e}") from e
+            raise LingloError(f"{misfit if state is not None else unbuildable}: {e}") from e
         except (TypeError, AttributeError) as e:
-            raise LingloError(f"model '{name}' cannot be built as a features_only backbone: {e}") from e
+            raise LingloError(f"{unbuildable}: {e}") from e
         for module in (body, getattr(body, "model", None)):   # the weights are in the model now: drop the copy
             if isinstance(getattr(module, "pretrained_cfg", None), dict):
                 module.pretrained_cfg.pop("state_dict", None)
